@@ -1,0 +1,152 @@
+//! Where an HSM is and how to log in to it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::PinError;
+use crate::secret::SecretBytes;
+
+/// Which PKCS#11 module and token to use, and where the PIN comes from.
+///
+/// The token is named by its label, never by a slot number: SoftHSM (and some
+/// real HSMs) renumber slots when tokens are added.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 shared library.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// Where the user PIN is read from. Never the config file itself.
+    pub pin: PinSource,
+    /// How many PKCS#11 sessions to keep open (each used by one thread at a
+    /// time). Defaults to [`DEFAULT_SESSIONS`].
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+}
+
+/// Sessions kept open by default: enough to keep two cores busy with some
+/// headroom for callers that block on I/O.
+pub const DEFAULT_SESSIONS: usize = 4;
+
+fn default_sessions() -> usize {
+    DEFAULT_SESSIONS
+}
+
+/// Where a PIN is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PinSource {
+    /// A file that holds the PIN (one trailing newline is ignored). It must not
+    /// be readable by other users.
+    File(PathBuf),
+    /// An environment variable that holds the PIN.
+    Env(String),
+}
+
+impl PinSource {
+    /// Reads the PIN.
+    pub fn load(&self) -> Result<SecretBytes, PinError> {
+        match self {
+            PinSource::File(path) => read_pin_file(path),
+            PinSource::Env(var) => {
+                let value =
+                    std::env::var(var).map_err(|_| PinError::EnvMissing { var: var.clone() })?;
+                non_empty(value.into_bytes(), format!("${var}"))
+            }
+        }
+    }
+}
+
+/// Reads a PIN file, refusing one that other users can read.
+pub fn read_pin_file(path: &Path) -> Result<SecretBytes, PinError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file_err = |e: std::io::Error| PinError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(file_err)?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(PinError::FileTooOpen {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    let mut bytes = std::fs::read(path).map_err(file_err)?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    non_empty(bytes, path.display().to_string())
+}
+
+fn non_empty(bytes: Vec<u8>, source_name: String) -> Result<SecretBytes, PinError> {
+    let secret = SecretBytes::new(bytes);
+    if secret.is_empty() {
+        return Err(PinError::Empty { source_name });
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn pin_file_loses_one_newline_and_must_be_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "1234\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let pin = PinSource::File(path.clone()).load().expect("load");
+        assert_eq!(pin.expose(), b"1234");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = PinSource::File(path.clone())
+            .load()
+            .expect_err("world-readable");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(!err.to_string().contains("1234"), "{err}");
+
+        std::fs::write(&path, "\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(matches!(
+            PinSource::File(path).load(),
+            Err(PinError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_sources_are_named() {
+        let err = PinSource::File("/nonexistent/pin".into())
+            .load()
+            .expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/pin"), "{err}");
+        let err = PinSource::Env("BKV_TEST_SURELY_UNSET_PIN".into())
+            .load()
+            .expect_err("unset");
+        assert!(
+            err.to_string().contains("BKV_TEST_SURELY_UNSET_PIN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields() {
+        let ok: HsmConfig =
+            serde_json::from_str(r#"{"module":"/m.so","token_label":"n1","pin":{"file":"/p"}}"#)
+                .expect("parse");
+        assert_eq!(ok.sessions, DEFAULT_SESSIONS);
+        let bad = serde_json::from_str::<HsmConfig>(
+            r#"{"module":"/m.so","token_label":"n1","pin":{"file":"/p"},"pin_value":"1"}"#,
+        );
+        assert!(bad.is_err());
+    }
+}

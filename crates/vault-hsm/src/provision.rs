@@ -1,0 +1,243 @@
+//! Creating a vault token and its keys (`vaultctl hsm init`).
+//!
+//! A freshly provisioned token holds:
+//! - `bkv-kek-v1`, the fleet KEK (AES-256), only on the token that founds the
+//!   fleet: sensitive, usable only for AES-GCM, and wrappable only under a key
+//!   the security officer marked trusted (`CKA_WRAP_WITH_TRUSTED`); every
+//!   other token receives it in a ceremony;
+//! - `bkv-attestation`, an EC P-256 key pair whose private half is sensitive
+//!   and never extractable;
+//! - `bkv-transport`, an RSA-3072 key pair whose private half is sensitive,
+//!   never extractable, and can only unwrap: it receives the KEK.
+
+use std::path::{Path, PathBuf};
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::Session;
+use cryptoki::types::AuthPin;
+
+use crate::attestation::P256_EC_PARAMS;
+use crate::blob::KekVersion;
+use crate::error::{DeviceError, OpenError};
+use crate::pkcs11::keys::{ATTESTATION_LABEL, TRANSPORT_LABEL, kek_template};
+use crate::pkcs11::token::{Token, load_module};
+use crate::report::KeyReport;
+use crate::secret::SecretBytes;
+
+/// RSA modulus of the transport key, in bits.
+pub const TRANSPORT_KEY_BITS: u64 = 3072;
+/// PKCS#11 token labels are 32 bytes, space padded.
+pub const MAX_TOKEN_LABEL: usize = 32;
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// Module, token or PIN trouble.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A PKCS#11 call failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A token with this label exists already; provisioning never overwrites.
+    #[error("a token labelled {label:?} exists already; choose another label or delete it first")]
+    TokenExists {
+        /// The label.
+        label: String,
+    },
+    /// The module has no uninitialised slot to create a token in.
+    #[error("PKCS#11 module {module:?} has no free slot for a new token")]
+    NoFreeSlot {
+        /// The module.
+        module: PathBuf,
+    },
+    /// The label is empty or longer than PKCS#11 allows.
+    #[error("token label must be 1 to {MAX_TOKEN_LABEL} bytes of printable ASCII, got {0:?}")]
+    BadLabel(String),
+    /// PKCS#11 PINs for token initialisation must be UTF-8.
+    #[error("the {0} PIN is not valid UTF-8")]
+    PinNotUtf8(&'static str),
+}
+
+/// What `vaultctl hsm init` asks for.
+#[derive(Debug)]
+pub struct InitRequest<'a> {
+    /// The PKCS#11 module.
+    pub module: &'a Path,
+    /// Label of the new token.
+    pub label: &'a str,
+    /// Security officer PIN to set.
+    pub so_pin: &'a SecretBytes,
+    /// User PIN to set.
+    pub user_pin: &'a SecretBytes,
+    /// Generate the fleet KEK here (the founding node) rather than receive it
+    /// in a ceremony later.
+    pub generate_kek: bool,
+}
+
+fn auth_pin(pin: &SecretBytes, which: &'static str) -> Result<AuthPin, ProvisionError> {
+    let text = std::str::from_utf8(pin.expose()).map_err(|_| ProvisionError::PinNotUtf8(which))?;
+    Ok(AuthPin::from(text.to_owned()))
+}
+
+fn check_label(label: &str) -> Result<(), ProvisionError> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_TOKEN_LABEL
+        && label.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && !label.ends_with(' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::BadLabel(label.to_owned()))
+    }
+}
+
+/// Initialises a new token in a free slot, sets its PINs and generates the
+/// vault's keys. Returns the key report of the new token.
+pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
+    check_label(req.label)?;
+    // A module offers one free slot at a time; two threads initialising at
+    // once would race for it.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    match Token::find(req.module, req.label) {
+        Ok(_) => {
+            return Err(ProvisionError::TokenExists {
+                label: req.label.to_owned(),
+            });
+        }
+        Err(OpenError::TokenNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ctx = load_module(req.module)?;
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| DeviceError::from_cryptoki("list slots", e))?;
+    let mut free = None;
+    for slot in slots {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| DeviceError::from_cryptoki("read token info", e))?;
+        if !info.token_initialized() {
+            free = Some(slot);
+            break;
+        }
+    }
+    let slot = free.ok_or_else(|| ProvisionError::NoFreeSlot {
+        module: req.module.to_owned(),
+    })?;
+    ctx.init_token(slot, &auth_pin(req.so_pin, "SO")?, req.label)
+        .map_err(|e| DeviceError::from_cryptoki("initialise token", e))?;
+
+    // SoftHSM renumbers slots once a token is initialised: find it by label.
+    let token = Token::find(req.module, req.label)?;
+    let session = token.session(true)?;
+    token.login_so(&session, req.so_pin)?;
+    session
+        .init_pin(&auth_pin(req.user_pin, "user")?)
+        .map_err(|e| DeviceError::from_cryptoki("set user PIN", e))?;
+    session
+        .logout()
+        .map_err(|e| DeviceError::from_cryptoki("log out security officer", e))?;
+    token.login_user(&session, req.user_pin)?;
+    if req.generate_kek {
+        generate_kek(&session, KekVersion(1))?;
+    }
+    generate_attestation_key(&session)?;
+    generate_transport_key(&session)?;
+    report_with(&token, &session)
+}
+
+/// The key report of an existing token, logged in as the user.
+pub fn report(
+    module: &Path,
+    label: &str,
+    user_pin: &SecretBytes,
+) -> Result<KeyReport, ProvisionError> {
+    let token = Token::find(module, label)?;
+    let session = token.session(false)?;
+    token.login_user(&session, user_pin)?;
+    report_with(&token, &session)
+}
+
+pub(crate) fn report_with(token: &Token, session: &Session) -> Result<KeyReport, ProvisionError> {
+    Ok(KeyReport {
+        token: token.report()?,
+        keys: crate::pkcs11::keys::describe_all(session)?,
+    })
+}
+
+fn generate_kek(session: &Session, version: KekVersion) -> Result<ObjectHandle, DeviceError> {
+    let mut template = kek_template(version, true);
+    template.push(Attribute::ValueLen(32u64.into()));
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .map_err(|e| DeviceError::from_cryptoki("generate fleet KEK", e))
+}
+
+fn generate_attestation_key(session: &Session) -> Result<(), DeviceError> {
+    let label = ATTESTATION_LABEL.as_bytes().to_vec();
+    let public = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+        Attribute::Label(label.clone()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Label(label),
+    ];
+    session
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .map_err(|e| DeviceError::from_cryptoki("generate attestation key", e))?;
+    Ok(())
+}
+
+fn generate_transport_key(session: &Session) -> Result<(), DeviceError> {
+    let label = TRANSPORT_LABEL.as_bytes().to_vec();
+    let public = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::ModulusBits(TRANSPORT_KEY_BITS.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Verify(false),
+        Attribute::Label(label.clone()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Label(label),
+    ];
+    session
+        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+        .map_err(|e| DeviceError::from_cryptoki("generate transport key", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(check_label("node-1").is_ok());
+        assert!(check_label("").is_err());
+        assert!(check_label("x".repeat(33).as_str()).is_err());
+        assert!(check_label("tab\there").is_err());
+        assert!(check_label("trailing ").is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! The HSM conformance suite, run against SoftHSM2 through the real PKCS#11
+//! module, plus the ceremony and the error cases of opening an HSM.
+//!
+//! The binary re-runs itself with `SOFTHSM2_CONF` pointing at a private,
+//! temporary token directory (removed afterwards), provisions the tokens the
+//! tests need, and runs every check as a named test. Without SoftHSM2 it
+//! fails and says how to install it; it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use vault_hsm::ceremony::{self, CeremonyError, ImportOptions};
+use vault_hsm::conformance::{self, CheckResult};
+use vault_hsm::provision::{self, InitRequest, ProvisionError};
+use vault_hsm::softhsm::{self, SoftHsmDir};
+use vault_hsm::{Hsm, HsmConfig, OpenError, PinSource, Pkcs11Hsm, SecretBytes};
+
+const SO_PIN: &str = "so-pin-7f3a91";
+const USER_PIN: &str = "user-pin-52c8e0";
+
+fn main() -> ExitCode {
+    softhsm::run_with_private_softhsm(run)
+}
+
+struct Tokens {
+    module: PathBuf,
+    pin_file: PathBuf,
+    a: Arc<Pkcs11Hsm>,
+    b: Arc<Pkcs11Hsm>,
+}
+
+fn secret(s: &str) -> SecretBytes {
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+fn config(module: &Path, label: &str, pin_file: &Path) -> HsmConfig {
+    HsmConfig {
+        module: module.to_owned(),
+        token_label: label.to_owned(),
+        pin: PinSource::File(pin_file.to_owned()),
+        sessions: 4,
+    }
+}
+
+fn init(module: &Path, label: &str, generate_kek: bool) -> Result<(), ProvisionError> {
+    provision::init_token(&InitRequest {
+        module,
+        label,
+        so_pin: &secret(SO_PIN),
+        user_pin: &secret(USER_PIN),
+        generate_kek,
+    })
+    .map(|_| ())
+}
+
+/// A founding token `a` with a KEK, and `b` that receives it by ceremony.
+fn provision_tokens(dir: &SoftHsmDir) -> Result<Tokens, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let module = softhsm::find_module().map_err(|e| e.to_string())?;
+    eprintln!(
+        "HSM conformance suite: PKCS#11 module {}, SoftHSM config {}",
+        module.display(),
+        dir.conf().display()
+    );
+    let pin_file = dir.root().join("user.pin");
+    std::fs::write(&pin_file, USER_PIN).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    init(&module, "node-a", true).map_err(|e| format!("init node-a: {e}"))?;
+    init(&module, "node-b", false).map_err(|e| format!("init node-b: {e}"))?;
+    ceremony_between(&module, "node-a", "node-b", ImportOptions::default())
+        .map_err(|e| format!("ceremony a -> b: {e}"))?;
+    let open = |label| {
+        Pkcs11Hsm::open(&config(&module, label, &pin_file))
+            .map(Arc::new)
+            .map_err(|e| format!("open {label}: {e}"))
+    };
+    Ok(Tokens {
+        a: open("node-a")?,
+        b: open("node-b")?,
+        module,
+        pin_file,
+    })
+}
+
+fn ceremony_between(
+    module: &Path,
+    from: &str,
+    to: &str,
+    options: ImportOptions,
+) -> Result<(), CeremonyError> {
+    let transport = ceremony::export_transport_key(module, to)?;
+    let wrapped =
+        ceremony::wrap_keks_for(module, from, &secret(SO_PIN), &secret(USER_PIN), &transport)?;
+    ceremony::import_keks(module, to, &secret(USER_PIN), &wrapped, options)?;
+    Ok(())
+}
+
+fn trial(name: impl Into<String>, f: impl FnOnce() -> CheckResult + Send + 'static) -> Trial {
+    Trial::test(name, move || f().map_err(Failed::from))
+}
+
+fn run(dir: &SoftHsmDir) -> ExitCode {
+    let args = Arguments::from_args();
+    let tokens = match provision_tokens(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot set up the SoftHSM tokens: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut trials = Vec::new();
+    for (which, hsm) in [("a", &tokens.a), ("b", &tokens.b)] {
+        for (name, check) in conformance::single_hsm_checks::<Pkcs11Hsm>() {
+            let hsm = Arc::clone(hsm);
+            trials.push(trial(
+                format!("conformance::node_{which}::{name}"),
+                move || check(&hsm),
+            ));
+        }
+    }
+    let (a, b) = (Arc::clone(&tokens.a), Arc::clone(&tokens.b));
+    trials.push(trial(
+        "ceremony::b_unseals_what_a_sealed_and_back",
+        move || conformance::cross_unseal(&*a, &*b),
+    ));
+    let a = Arc::clone(&tokens.a);
+    trials.push(trial("concurrency::64_tasks_seal_and_unseal", move || {
+        conformance::concurrent_seal_unseal(a, 64)
+    }));
+    let (a, b) = (Arc::clone(&tokens.a), Arc::clone(&tokens.b));
+    trials.push(trial(
+        "ceremony::received_kek_is_a_sensitive_terminal_copy",
+        move || received_kek_attributes(&a, &b),
+    ));
+    let module = tokens.module.clone();
+    trials.push(trial(
+        "ceremony::kek_refuses_untrusted_wrapping_key",
+        move || untrusted_wrap_refused(&module),
+    ));
+    let module = tokens.module.clone();
+    trials.push(trial(
+        "ceremony::wrapped_keks_only_open_at_their_recipient",
+        move || wrong_recipient_refused(&module),
+    ));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial("ceremony::rewrappable_copy_can_send_on", move || {
+        rewrappable_chain(&module, &pin_file)
+    }));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial("errors::wrong_pin_is_named", move || {
+        wrong_pin(&module, &pin_file, dir_of(&pin_file))
+    }));
+    let pin_file = tokens.pin_file.clone();
+    trials.push(trial("errors::missing_module_is_named", move || {
+        missing_module(&pin_file)
+    }));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial("errors::missing_token_label_is_named", move || {
+        missing_label(&module, &pin_file)
+    }));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial("errors::missing_pin_file_is_named", move || {
+        missing_pin_file(&module, &pin_file)
+    }));
+    let module = tokens.module.clone();
+    trials.push(trial(
+        "errors::existing_label_is_not_overwritten",
+        move || match init(&module, "node-a", true) {
+            Err(ProvisionError::TokenExists { label }) if label == "node-a" => Ok(()),
+            other => Err(format!("re-init of node-a gave {other:?}")),
+        },
+    ));
+    let a = Arc::clone(&tokens.a);
+    trials.push(trial("secrets::debug_output_is_redacted", move || {
+        let shown = format!("{a:?}");
+        if shown.contains(USER_PIN) {
+            return Err(format!("Debug shows the PIN: {shown}"));
+        }
+        let plain = a
+            .unseal(
+                conformance::AAD,
+                &a.seal(conformance::AAD, b"K-material")
+                    .map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+        let shown = format!("{plain:?}");
+        if shown.contains("K-material") {
+            return Err(format!("Debug shows plaintext: {shown}"));
+        }
+        Ok(())
+    }));
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+fn dir_of(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_owned).unwrap_or_default()
+}
+
+fn received_kek_attributes(a: &Pkcs11Hsm, b: &Pkcs11Hsm) -> CheckResult {
+    let ra = a.key_report().map_err(|e| e.to_string())?;
+    let rb = b.key_report().map_err(|e| e.to_string())?;
+    let kek = |r: &vault_hsm::KeyReport| r.keys.iter().find(|k| k.role == "kek").cloned();
+    let (ka, kb) = (
+        kek(&ra).ok_or("a has no KEK")?,
+        kek(&rb).ok_or("b has no KEK")?,
+    );
+    if ka.check_value != kb.check_value {
+        return Err(format!(
+            "check values differ: {:?} vs {:?}",
+            ka.check_value, kb.check_value
+        ));
+    }
+    if ka.local != Some(true) || ka.extractable != Some(true) || ka.wrap_with_trusted != Some(true)
+    {
+        return Err(format!(
+            "founding KEK should be local and wrappable under trusted keys only: {ka:?}"
+        ));
+    }
+    if kb.sensitive != Some(true) || kb.extractable != Some(false) || kb.local != Some(false) {
+        return Err(format!(
+            "received KEK should be sensitive, unextractable, not local: {kb:?}"
+        ));
+    }
+    if ra.token.serial == rb.token.serial {
+        return Err("two tokens report one serial".into());
+    }
+    Ok(())
+}
+
+fn untrusted_wrap_refused(module: &Path) -> CheckResult {
+    let transport = ceremony::export_transport_key(module, "node-b").map_err(|e| e.to_string())?;
+    match ceremony::testing::wrap_under_untrusted_key(
+        module,
+        "node-a",
+        &secret(USER_PIN),
+        &transport,
+    ) {
+        Err(CeremonyError::Provision(ProvisionError::Device(d))) => {
+            eprintln!("  untrusted wrap refused as expected: {d}");
+            Ok(())
+        }
+        Err(other) => Err(format!("expected the token to refuse, got {other}")),
+        Ok(_) => Err("the KEK was wrapped under a key the security officer never trusted".into()),
+    }
+}
+
+// The security officer cannot log in while this process holds user sessions
+// on a token, so every ceremony test founds its own tokens rather than
+// sending from node-a, which the conformance checks keep open.
+fn wrong_recipient_refused(module: &Path) -> CheckResult {
+    init(module, "node-g", true).map_err(|e| e.to_string())?;
+    init(module, "node-h", false).map_err(|e| e.to_string())?;
+    let transport = ceremony::export_transport_key(module, "node-h").map_err(|e| e.to_string())?;
+    let wrapped = ceremony::wrap_keks_for(
+        module,
+        "node-g",
+        &secret(SO_PIN),
+        &secret(USER_PIN),
+        &transport,
+    )
+    .map_err(|e| e.to_string())?;
+    match ceremony::import_keks(
+        module,
+        "node-g",
+        &secret(USER_PIN),
+        &wrapped,
+        ImportOptions::default(),
+    ) {
+        Err(CeremonyError::WrongRecipient { .. }) => {}
+        other => return Err(format!("import at the wrong token gave {other:?}")),
+    }
+    match ceremony::import_keks(
+        module,
+        "node-h",
+        &secret(USER_PIN),
+        &wrapped,
+        ImportOptions::default(),
+    ) {
+        Ok(added) if added.len() == 1 => {}
+        other => return Err(format!("import at the recipient gave {other:?}")),
+    }
+    // A repeat finds the same KEK already there and adds nothing.
+    match ceremony::import_keks(
+        module,
+        "node-h",
+        &secret(USER_PIN),
+        &wrapped,
+        ImportOptions::default(),
+    ) {
+        Ok(added) if added.is_empty() => Ok(()),
+        other => Err(format!("repeat import gave {other:?}")),
+    }
+}
+
+fn rewrappable_chain(module: &Path, pin_file: &Path) -> CheckResult {
+    init(module, "node-f", true).map_err(|e| e.to_string())?;
+    init(module, "node-c", false).map_err(|e| e.to_string())?;
+    init(module, "node-d", false).map_err(|e| e.to_string())?;
+    ceremony_between(
+        module,
+        "node-f",
+        "node-c",
+        ImportOptions { rewrappable: true },
+    )
+    .map_err(|e| format!("f -> c: {e}"))?;
+    ceremony_between(module, "node-c", "node-d", ImportOptions::default())
+        .map_err(|e| format!("c -> d: {e}"))?;
+    let c = Pkcs11Hsm::open(&config(module, "node-c", pin_file)).map_err(|e| e.to_string())?;
+    let d = Pkcs11Hsm::open(&config(module, "node-d", pin_file)).map_err(|e| e.to_string())?;
+    conformance::cross_unseal(&c, &d)?;
+    // d's copy is terminal: it cannot send the KEK on.
+    init(module, "node-e", false).map_err(|e| e.to_string())?;
+    match ceremony_between(module, "node-d", "node-e", ImportOptions::default()) {
+        Err(_) => Ok(()),
+        Ok(()) => Err("a terminal copy of the KEK was wrapped again".into()),
+    }
+}
+
+fn wrong_pin(module: &Path, pin_file: &Path, dir: PathBuf) -> CheckResult {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = dir.join("wrong.pin");
+    std::fs::write(&bad, "not-the-pin").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let _ = pin_file;
+    // Login state is per process and token, so use a token nobody here is
+    // logged in to.
+    init(module, "node-pin", false).map_err(|e| e.to_string())?;
+    match Pkcs11Hsm::open(&config(module, "node-pin", &bad)) {
+        Err(e @ OpenError::WrongPin { .. }) => {
+            let msg = e.to_string();
+            if !msg.contains("node-pin") || msg.contains("not-the-pin") {
+                return Err(format!(
+                    "message should name the token and hide the PIN: {msg}"
+                ));
+            }
+            Ok(())
+        }
+        other => Err(format!("wrong PIN gave {other:?}")),
+    }
+}
+
+fn missing_module(pin_file: &Path) -> CheckResult {
+    let module = Path::new("/nonexistent/libpkcs11-missing.so");
+    match Pkcs11Hsm::open(&config(module, "node-a", pin_file)) {
+        Err(e @ OpenError::ModuleNotFound { .. })
+            if e.to_string().contains("/nonexistent/libpkcs11-missing.so") =>
+        {
+            Ok(())
+        }
+        other => Err(format!("missing module gave {other:?}")),
+    }
+}
+
+fn missing_label(module: &Path, pin_file: &Path) -> CheckResult {
+    match Pkcs11Hsm::open(&config(module, "no-such-token", pin_file)) {
+        Err(e @ OpenError::TokenNotFound { .. }) => {
+            let msg = e.to_string();
+            if msg.contains("no-such-token") && msg.contains("node-a") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "message should name the label and the tokens present: {msg}"
+                ))
+            }
+        }
+        other => Err(format!("missing label gave {other:?}")),
+    }
+}
+
+fn missing_pin_file(module: &Path, pin_file: &Path) -> CheckResult {
+    let missing = dir_of(pin_file).join("absent.pin");
+    match Pkcs11Hsm::open(&config(module, "node-a", &missing)) {
+        Err(e @ OpenError::Pin(_)) if e.to_string().contains("absent.pin") => Ok(()),
+        other => Err(format!("missing PIN file gave {other:?}")),
+    }
+}

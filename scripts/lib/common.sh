@@ -1,0 +1,32 @@
+# Shared by the scripts in scripts/: system packages, the cargo target dir.
+# Source it; it defines functions and sets CARGO_TARGET_DIR.
+
+# Debian packages the build and the tests need:
+#   softhsm2      the PKCS#11 module every HSM test and the local fleet use
+#   opensc        pkcs11-tool, to inspect tokens by hand
+#   libclang-dev  bindgen, for librocksdb-sys
+#   clang         the C++ compiler wrapper bindgen expects next to libclang
+BKV_PACKAGES=(softhsm2 opensc libclang-dev)
+
+bkv_log() { printf '==> %s\n' "$*" >&2; }
+
+# Installs whatever of BKV_PACKAGES is missing, non-interactively.
+bkv_ensure_packages() {
+  local missing=()
+  for p in "${BKV_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  bkv_log "installing missing system packages: ${missing[*]}"
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root (or sudo) to install: ${missing[*]}" >&2; return 1; }
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# One persistent target dir per machine, shared by test.sh, fleet.sh and
+# bench.sh, so that heavy C++ dependencies build once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backup-key-vault/target}"
