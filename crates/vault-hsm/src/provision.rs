@@ -181,6 +181,9 @@ fn generate_attestation_key(session: &Session) -> Result<(), DeviceError> {
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
         Attribute::EcParams(P256_EC_PARAMS.to_vec()),
         Attribute::Label(label.clone()),
     ];
@@ -191,6 +194,7 @@ fn generate_attestation_key(session: &Session) -> Result<(), DeviceError> {
         Attribute::Extractable(false),
         Attribute::Sign(true),
         Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::Label(label),
     ];
@@ -210,6 +214,7 @@ fn generate_transport_key(session: &Session) -> Result<(), DeviceError> {
         Attribute::Wrap(true),
         Attribute::Encrypt(false),
         Attribute::Verify(false),
+        Attribute::Derive(false),
         Attribute::Label(label.clone()),
     ];
     let private = [
@@ -220,6 +225,7 @@ fn generate_transport_key(session: &Session) -> Result<(), DeviceError> {
         Attribute::Unwrap(true),
         Attribute::Decrypt(false),
         Attribute::Sign(false),
+        Attribute::Derive(false),
         Attribute::Label(label),
     ];
     session

@@ -1,0 +1,42 @@
+//! `vaultctl`: the command line of Backup Key Vault.
+//!
+//! Today it provisions HSM tokens and runs the KEK ceremony (`vaultctl hsm
+//! …`). Exit codes: 0 success, 1 the operation failed (the message says
+//! why), 2 the command line was wrong.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod hsm_cmd;
+mod output;
+
+/// Backup Key Vault command line.
+#[derive(Debug, Parser)]
+#[command(name = "vaultctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Provision HSM tokens, inspect their keys, and copy the fleet KEK
+    /// between HSMs.
+    #[command(subcommand)]
+    Hsm(hsm_cmd::HsmCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hsm(cmd) => hsm_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vaultctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
