@@ -1,0 +1,30 @@
+//! The replicated state of a vault fleet and the pure function that advances
+//! it: `apply(state, index, proposal) -> reply`.
+//!
+//! No I/O, no clock, no randomness, no HSM: whatever is non-deterministic was
+//! done by the proposing node and arrives inside the [`Proposal`]. So every
+//! replica that applies the same log holds the same state, which
+//! [`VaultState::digest`] lets tests and operators compare.
+//!
+//! Invariants this crate keeps (and tests, with proptest):
+//! - **guess bound**: between two successful recoveries of one registration
+//!   generation, at most `max_attempts` attempts are granted;
+//! - **erasure**: a locked or deleted record holds no sealed material, and no
+//!   reply — not even a replayed one from the dedup table — hands it out;
+//! - **idempotency**: a request id applied before returns its recorded reply
+//!   when the body digest matches, and `RequestIdReused` when it does not;
+//!   it never grants a second attempt;
+//! - **determinism**: the dedup table is bounded and evicts by log index.
+//!
+//! Must not depend on: RocksDB, PKCS#11, the network, a clock.
+
+mod dedup;
+mod key;
+mod record;
+mod state;
+
+pub use dedup::DEFAULT_DEDUP_CAPACITY;
+pub use key::StateKey;
+pub use record::{Fleet, RecordStatus, UserRecord};
+pub use state::{Applied, StateError, VaultState};
+pub use vault_types::Proposal;

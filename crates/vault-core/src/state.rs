@@ -1,0 +1,510 @@
+//! [`VaultState`] and `apply`.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use vault_types::codec::{self, CodecError, VALUE_V1};
+use vault_types::{
+    Command, CommandError, FleetId, Generation, Proposal, RequestId, Response, SealedBytes,
+    Timestamp, UserId, UserStatus,
+};
+
+use crate::dedup::{DEFAULT_DEDUP_CAPACITY, DedupEntry, DedupTable, strip};
+use crate::key::StateKey;
+use crate::record::{Fleet, RecordStatus, UserRecord};
+
+/// The replicated state of one fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultState {
+    fleet: Option<Fleet>,
+    users: BTreeMap<UserId, UserRecord>,
+    dedup: DedupTable,
+}
+
+/// What applying one proposal did: the reply, and which persisted keys
+/// changed (write their new [`VaultState::value`], or delete them when it is
+/// `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The reply for the client.
+    pub reply: Result<Response, CommandError>,
+    /// Keys whose value changed.
+    pub changed: Vec<StateKey>,
+}
+
+/// Why persisted state could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A key that no state key encodes to.
+    #[error("unknown state key {0:02x?}")]
+    UnknownKey(Vec<u8>),
+    /// A value that does not decode.
+    #[error("state value for {key:?}: {source}")]
+    Value {
+        /// Its key.
+        key: StateKey,
+        /// Why.
+        source: CodecError,
+    },
+}
+
+impl Default for VaultState {
+    fn default() -> Self {
+        VaultState::with_dedup_capacity(DEFAULT_DEDUP_CAPACITY)
+    }
+}
+
+impl VaultState {
+    /// An empty state whose dedup table keeps `capacity` request ids.
+    pub fn with_dedup_capacity(capacity: usize) -> Self {
+        VaultState {
+            fleet: None,
+            users: BTreeMap::new(),
+            dedup: DedupTable::new(capacity),
+        }
+    }
+
+    /// The fleet settings, once initialised.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// One user's record.
+    pub fn user(&self, user: &UserId) -> Option<&UserRecord> {
+        self.users.get(user)
+    }
+
+    /// Number of user records, tombstones included.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// What `Status(user)` answers.
+    pub fn status(&self, user: &UserId) -> UserStatus {
+        match self.users.get(user) {
+            None => UserStatus::Unknown,
+            Some(r) => match &r.status {
+                RecordStatus::Active {
+                    max_attempts,
+                    attempts_used,
+                    ..
+                } => UserStatus::Active {
+                    generation: r.generation,
+                    attempts_left: max_attempts.saturating_sub(*attempts_used),
+                    max_attempts: *max_attempts,
+                },
+                RecordStatus::Locked => UserStatus::Locked {
+                    generation: r.generation,
+                },
+                RecordStatus::Deleted => UserStatus::Deleted {
+                    generation: r.generation,
+                },
+            },
+        }
+    }
+
+    /// Applies the proposal at log `index`. Pure and deterministic.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
+        if let Some(req) = &proposal.request
+            && let Some(seen) = self.dedup.get(&req.id)
+        {
+            let reply = if seen.digest == req.digest {
+                self.replay(&proposal.command, &seen.reply)
+            } else {
+                // Never run a different body under a known id: it could
+                // carry a second password guess under one attempt.
+                Err(CommandError::RequestIdReused)
+            };
+            return Applied {
+                reply,
+                changed: Vec::new(),
+            };
+        }
+        let mut changed = Vec::new();
+        let reply = self.execute(&proposal.command, proposal.at, &mut changed);
+        if let Some(req) = &proposal.request {
+            let evicted = self.dedup.insert(
+                req.id,
+                DedupEntry {
+                    index,
+                    digest: req.digest,
+                    reply: strip(&reply),
+                },
+            );
+            changed.push(StateKey::Dedup(req.id));
+            changed.extend(evicted.into_iter().map(StateKey::Dedup));
+        }
+        Applied { reply, changed }
+    }
+
+    /// A recorded reply, with a granted attempt's sealed record read again
+    /// from the live state: if the record was erased since, the replay says
+    /// so instead of handing out material that no longer exists.
+    fn replay(
+        &self,
+        command: &Command,
+        recorded: &Result<Response, CommandError>,
+    ) -> Result<Response, CommandError> {
+        let (
+            Command::BeginAttempt { user },
+            Ok(Response::AttemptGranted {
+                generation,
+                attempts_left,
+                attempt,
+                ..
+            }),
+        ) = (command, recorded)
+        else {
+            return recorded.clone();
+        };
+        match self.users.get(user) {
+            Some(UserRecord {
+                generation: g,
+                status: RecordStatus::Active { sealed_record, .. },
+                ..
+            }) if g == generation => Ok(Response::AttemptGranted {
+                generation: *generation,
+                sealed_record: sealed_record.clone(),
+                attempts_left: *attempts_left,
+                attempt: *attempt,
+            }),
+            Some(UserRecord {
+                generation: g,
+                status: RecordStatus::Locked,
+                ..
+            }) if g == generation => Err(CommandError::Locked),
+            Some(r) => Err(CommandError::StaleGeneration {
+                current: r.generation,
+                given: *generation,
+            }),
+            None => Err(CommandError::NotFound),
+        }
+    }
+
+    fn execute(
+        &mut self,
+        command: &Command,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        match command {
+            Command::InitFleet {
+                fleet_id,
+                sealed_server_setup,
+                max_attempts_cap,
+            } => self.init_fleet(
+                fleet_id,
+                sealed_server_setup,
+                *max_attempts_cap,
+                at,
+                changed,
+            ),
+            Command::SetBundle { bundle, epoch } => self.set_bundle(bundle, *epoch, changed),
+            Command::Register {
+                user,
+                sealed_record,
+                max_attempts,
+            } => self.register(user, sealed_record, *max_attempts, at, changed),
+            Command::BeginAttempt { user } => self.begin_attempt(user, at, changed),
+            Command::FinishAttempt {
+                user,
+                generation,
+                success,
+            } => self.finish_attempt(user, *generation, *success, at, changed),
+            Command::Delete { user } => self.delete(user, at, changed),
+        }
+    }
+
+    fn init_fleet(
+        &mut self,
+        fleet_id: &FleetId,
+        sealed_server_setup: &SealedBytes,
+        cap: u32,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        if self.fleet.is_some() {
+            return Err(CommandError::FleetAlreadyInitialized);
+        }
+        if cap == 0 {
+            return Err(CommandError::MaxAttemptsOutOfRange {
+                requested: 0,
+                cap: u32::MAX,
+            });
+        }
+        self.fleet = Some(Fleet {
+            fleet_id: fleet_id.clone(),
+            sealed_server_setup: sealed_server_setup.clone(),
+            max_attempts_cap: cap,
+            bundle: None,
+            created_at: at,
+        });
+        changed.push(StateKey::Fleet);
+        Ok(Response::FleetInitialized {
+            fleet_id: fleet_id.clone(),
+        })
+    }
+
+    fn set_bundle(
+        &mut self,
+        bundle: &[u8],
+        epoch: u64,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let fleet = self
+            .fleet
+            .as_mut()
+            .ok_or(CommandError::FleetNotInitialized)?;
+        let current = fleet.bundle.as_ref().map_or(0, |(e, _)| *e);
+        if epoch <= current {
+            return Err(CommandError::EpochNotIncreasing {
+                current,
+                given: epoch,
+            });
+        }
+        fleet.bundle = Some((epoch, bundle.to_vec()));
+        changed.push(StateKey::Fleet);
+        Ok(Response::BundleSet { epoch })
+    }
+
+    fn register(
+        &mut self,
+        user: &UserId,
+        sealed_record: &SealedBytes,
+        max_attempts: u32,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let cap = self
+            .fleet
+            .as_ref()
+            .ok_or(CommandError::FleetNotInitialized)?
+            .max_attempts_cap;
+        if max_attempts == 0 || max_attempts > cap {
+            return Err(CommandError::MaxAttemptsOutOfRange {
+                requested: max_attempts,
+                cap,
+            });
+        }
+        // Generations never go back, not even after a delete or a lock, so a
+        // blob sealed for an old generation can never match a new record.
+        let generation = Generation(self.users.get(user).map_or(1, |r| r.generation.0 + 1));
+        self.users.insert(
+            user.clone(),
+            UserRecord {
+                generation,
+                status: RecordStatus::Active {
+                    sealed_record: sealed_record.clone(),
+                    max_attempts,
+                    attempts_used: 0,
+                },
+                registered_at: at,
+                updated_at: at,
+            },
+        );
+        changed.push(StateKey::User(user.clone()));
+        Ok(Response::Registered { generation })
+    }
+
+    fn begin_attempt(
+        &mut self,
+        user: &UserId,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        if self.fleet.is_none() {
+            return Err(CommandError::FleetNotInitialized);
+        }
+        let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
+        let RecordStatus::Active {
+            sealed_record,
+            max_attempts,
+            attempts_used,
+        } = &mut record.status
+        else {
+            return Err(match record.status {
+                RecordStatus::Deleted => CommandError::NotFound,
+                _ => CommandError::Locked,
+            });
+        };
+        if *attempts_used >= *max_attempts {
+            // Attempts were granted and never finished: the budget is spent.
+            record.status = RecordStatus::Locked;
+            record.updated_at = at;
+            changed.push(StateKey::User(user.clone()));
+            return Err(CommandError::Locked);
+        }
+        *attempts_used += 1;
+        let reply = Response::AttemptGranted {
+            generation: record.generation,
+            sealed_record: sealed_record.clone(),
+            attempts_left: *max_attempts - *attempts_used,
+            attempt: *attempts_used,
+        };
+        record.updated_at = at;
+        changed.push(StateKey::User(user.clone()));
+        Ok(reply)
+    }
+
+    fn finish_attempt(
+        &mut self,
+        user: &UserId,
+        generation: Generation,
+        success: bool,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
+        if record.generation != generation {
+            return Err(CommandError::StaleGeneration {
+                current: record.generation,
+                given: generation,
+            });
+        }
+        let RecordStatus::Active {
+            max_attempts,
+            attempts_used,
+            ..
+        } = &mut record.status
+        else {
+            return Err(match record.status {
+                RecordStatus::Deleted => CommandError::NotFound,
+                _ => CommandError::Locked,
+            });
+        };
+        if *attempts_used == 0 {
+            return Err(CommandError::NoAttemptInProgress);
+        }
+        let max = *max_attempts;
+        let reply = if success {
+            *attempts_used = 0;
+            Response::AttemptFinished {
+                generation,
+                success,
+                attempts_left: max,
+                locked: false,
+            }
+        } else if *attempts_used >= max {
+            record.status = RecordStatus::Locked;
+            Response::AttemptFinished {
+                generation,
+                success,
+                attempts_left: 0,
+                locked: true,
+            }
+        } else {
+            Response::AttemptFinished {
+                generation,
+                success,
+                attempts_left: max - *attempts_used,
+                locked: false,
+            }
+        };
+        record.updated_at = at;
+        changed.push(StateKey::User(user.clone()));
+        Ok(reply)
+    }
+
+    fn delete(
+        &mut self,
+        user: &UserId,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
+        if record.status != RecordStatus::Deleted {
+            record.status = RecordStatus::Deleted;
+            record.updated_at = at;
+            changed.push(StateKey::User(user.clone()));
+        }
+        Ok(Response::Deleted)
+    }
+
+    /// The persisted value of `key`, or `None` when the key holds nothing.
+    pub fn value(&self, key: &StateKey) -> Option<Vec<u8>> {
+        let encoded = match key {
+            StateKey::Fleet => codec::encode(VALUE_V1, self.fleet.as_ref()?),
+            StateKey::User(u) => codec::encode(VALUE_V1, self.users.get(u)?),
+            StateKey::Dedup(id) => codec::encode(VALUE_V1, self.dedup.get(id)?),
+        };
+        // Encoding plain in-memory data into a Vec cannot fail.
+        encoded.ok()
+    }
+
+    /// Every persisted key and value: the fleet, users in id order, dedup
+    /// entries in id order.
+    pub fn items(&self) -> impl Iterator<Item = (StateKey, Vec<u8>)> + '_ {
+        let fleet = self.fleet.is_some().then_some(StateKey::Fleet);
+        let users = self.users.keys().map(|u| StateKey::User(u.clone()));
+        let dedup = self.dedup.iter().map(|(id, _)| StateKey::Dedup(*id));
+        fleet
+            .into_iter()
+            .chain(users)
+            .chain(dedup)
+            .filter_map(|k| self.value(&k).map(|v| (k, v)))
+    }
+
+    /// Rebuilds a state from persisted items.
+    pub fn from_items(
+        dedup_capacity: usize,
+        items: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, StateError> {
+        let mut state = VaultState::with_dedup_capacity(dedup_capacity);
+        let mut dedup = Vec::new();
+        for (k, v) in items {
+            let key = StateKey::decode(&k).ok_or(StateError::UnknownKey(k))?;
+            let bad = |source| StateError::Value {
+                key: key.clone(),
+                source,
+            };
+            match &key {
+                StateKey::Fleet => {
+                    state.fleet = Some(codec::decode("fleet", VALUE_V1, &v).map_err(bad)?)
+                }
+                StateKey::User(u) => {
+                    let record = codec::decode("user record", VALUE_V1, &v).map_err(bad)?;
+                    state.users.insert(u.clone(), record);
+                }
+                StateKey::Dedup(id) => {
+                    let entry: DedupEntry =
+                        codec::decode("dedup entry", VALUE_V1, &v).map_err(bad)?;
+                    dedup.push((*id, entry));
+                }
+            }
+        }
+        dedup.sort_by_key(|(_, e)| e.index);
+        for (id, entry) in dedup {
+            state.dedup.insert(id, entry);
+        }
+        Ok(state)
+    }
+
+    /// SHA-256 over every persisted key and value in [`Self::items`] order: equal on two
+    /// replicas exactly when their states are equal.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"backup-key-vault state v1");
+        for (k, v) in self.items() {
+            let k = k.encode();
+            h.update((k.len() as u64).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(&v);
+        }
+        h.finalize().into()
+    }
+
+    /// Number of remembered request ids.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// Whether `id` is remembered.
+    pub fn remembers(&self, id: &RequestId) -> bool {
+        self.dedup.get(id).is_some()
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,107 @@
+//! The commands that go through the Raft log.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec;
+use crate::ids::{FleetId, Generation, RequestDigest, RequestId, SealedBytes, Timestamp, UserId};
+
+/// A request id and the digest of the request body it was first used with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// The client's id for this request.
+    pub id: RequestId,
+    /// SHA-256 of the request body (for `BeginAttempt`, of the user and KE1).
+    pub digest: RequestDigest,
+}
+
+/// What the state machine is asked to do. Everything non-deterministic
+/// (sealing, the time, ids) was done by the proposing node and is carried
+/// here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates the fleet, once.
+    InitFleet {
+        /// The fleet's name.
+        fleet_id: FleetId,
+        /// The OPAQUE server setup, sealed by the proposing node's HSM.
+        sealed_server_setup: SealedBytes,
+        /// The most attempts any registration may ask for.
+        max_attempts_cap: u32,
+    },
+    /// Registers (or re-registers) a user: a new generation with a full
+    /// attempt budget.
+    Register {
+        /// The user.
+        user: UserId,
+        /// The OPAQUE record and `enc_K`, sealed by the proposing node.
+        sealed_record: SealedBytes,
+        /// Wrong guesses allowed before the record is erased.
+        max_attempts: u32,
+    },
+    /// Consumes one attempt and hands out the sealed record, so that the
+    /// proposing node can compute KE2 once this entry is committed.
+    BeginAttempt {
+        /// The user.
+        user: UserId,
+    },
+    /// Records the outcome of an attempt of `generation`.
+    FinishAttempt {
+        /// The user.
+        user: UserId,
+        /// The generation the attempt was granted for.
+        generation: Generation,
+        /// Whether KE3 verified.
+        success: bool,
+    },
+    /// Erases a user's record, leaving a tombstone.
+    Delete {
+        /// The user.
+        user: UserId,
+    },
+    /// Installs a new signed fleet-key bundle.
+    SetBundle {
+        /// The bundle bytes.
+        bundle: Vec<u8>,
+        /// Its epoch; must grow.
+        epoch: u64,
+    },
+}
+
+/// One log entry's payload: a command, when it was proposed, and the request
+/// it answers.
+///
+/// Serialised as one byte string holding [`codec::encode_proposal`]'s
+/// output, so every entry, on disk and on the wire, starts with its format
+/// version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Present for client requests; makes the command idempotent.
+    pub request: Option<RequestMeta>,
+    /// The proposing node's clock.
+    pub at: Timestamp,
+    /// The command.
+    pub command: Command,
+}
+
+impl Serialize for Proposal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = codec::encode_proposal(self).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proposal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Proposal;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a versioned proposal")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
+                codec::decode_proposal(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

@@ -1,0 +1,20 @@
+//! The vocabulary of Backup Key Vault: validated ids, the commands that go
+//! into the Raft log, their responses and their errors.
+//!
+//! No I/O, no clock, no randomness: everything here is plain data with
+//! checked constructors. Every log entry is encoded with a leading format
+//! version byte ([`codec`]) so that a later format can be read beside this
+//! one.
+
+pub mod codec;
+mod command;
+mod ids;
+mod response;
+
+pub use codec::CodecError;
+pub use command::{Command, Proposal, RequestMeta};
+pub use ids::{
+    FleetId, Generation, IdError, MAX_FLEET_ID_LEN, MAX_USER_ID_LEN, NodeId, RequestDigest,
+    RequestId, SealedBytes, Timestamp, UserId,
+};
+pub use response::{CommandError, Reply, Response, UserStatus};

@@ -1,0 +1,131 @@
+//! What applying a command returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{FleetId, Generation, SealedBytes};
+
+/// A command's successful result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The fleet exists now.
+    FleetInitialized {
+        /// Its name.
+        fleet_id: FleetId,
+    },
+    /// The user is registered under this generation.
+    Registered {
+        /// The new generation.
+        generation: Generation,
+    },
+    /// One attempt was consumed; here is the sealed record to compute KE2.
+    AttemptGranted {
+        /// The record's generation.
+        generation: Generation,
+        /// The sealed OPAQUE record and `enc_K`.
+        sealed_record: SealedBytes,
+        /// Attempts left after this one.
+        attempts_left: u32,
+        /// Which attempt of this generation since the last success (1-based).
+        attempt: u32,
+    },
+    /// The attempt's outcome is recorded.
+    AttemptFinished {
+        /// The generation.
+        generation: Generation,
+        /// Whether it succeeded.
+        success: bool,
+        /// Attempts left now.
+        attempts_left: u32,
+        /// Whether this failure used up the last attempt and erased the record.
+        locked: bool,
+    },
+    /// The user's record is erased.
+    Deleted,
+    /// The bundle is installed.
+    BundleSet {
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// Why a command was refused. Deterministic: every replica refuses alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    /// `InitFleet` ran before.
+    #[error("the fleet is initialised already")]
+    FleetAlreadyInitialized,
+    /// A user command arrived before `InitFleet`.
+    #[error("the fleet is not initialised")]
+    FleetNotInitialized,
+    /// `max_attempts` outside `1..=cap`.
+    #[error("max_attempts {requested} is outside 1..={cap}")]
+    MaxAttemptsOutOfRange {
+        /// Asked for.
+        requested: u32,
+        /// The fleet's cap.
+        cap: u32,
+    },
+    /// No such user, or the user was deleted.
+    #[error("no such user")]
+    NotFound,
+    /// The attempts are used up and the record is erased.
+    #[error("the record is locked: no attempts left")]
+    Locked,
+    /// The command names a generation other than the current one.
+    #[error("generation {given:?} is not the current generation {current:?}")]
+    StaleGeneration {
+        /// The current one.
+        current: Generation,
+        /// The one named.
+        given: Generation,
+    },
+    /// `FinishAttempt` with no attempt outstanding.
+    #[error("no attempt is in progress for this generation")]
+    NoAttemptInProgress,
+    /// The request id was used before with a different request body.
+    #[error("the request id was used before for a different request")]
+    RequestIdReused,
+    /// A bundle's epoch did not grow.
+    #[error("bundle epoch {given} does not exceed the current epoch {current}")]
+    EpochNotIncreasing {
+        /// The current epoch.
+        current: u64,
+        /// The one offered.
+        given: u64,
+    },
+}
+
+/// What a log entry's application returns to openraft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A blank or membership entry: nothing for a client.
+    Raft,
+    /// A vault command's result.
+    Vault(Result<Response, CommandError>),
+}
+
+/// What `Status(user)` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserStatus {
+    /// Never registered.
+    Unknown,
+    /// Registered and usable.
+    Active {
+        /// Current generation.
+        generation: Generation,
+        /// Attempts left.
+        attempts_left: u32,
+        /// The budget.
+        max_attempts: u32,
+    },
+    /// Attempts used up; the record is erased.
+    Locked {
+        /// The generation that locked.
+        generation: Generation,
+    },
+    /// Deleted; the record is erased.
+    Deleted {
+        /// The generation that was deleted.
+        generation: Generation,
+    },
+}
