@@ -29,7 +29,8 @@ new_pin() {
 up() {
   bkv_ensure_packages
   bkv_log "building vaultctl (target dir $CARGO_TARGET_DIR)"
-  cargo build --locked -p vault-cli
+  # The same selection as test.sh, so both reuse one build (see test.sh).
+  cargo build --locked --workspace --all-targets
   local vaultctl="$CARGO_TARGET_DIR/debug/vaultctl"
   mkdir -p "$FLEET_DIR/hsm" "$FLEET_DIR/secrets"
   chmod 700 "$FLEET_DIR/secrets"

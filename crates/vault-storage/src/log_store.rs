@@ -1,0 +1,244 @@
+//! The Raft log and Raft metadata (vote, committed, last purged).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogId, LogState, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::db::{
+    CF_LOGS, CF_META, Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, StoreError, blocking,
+    decode_framed, encode_framed, io_err,
+};
+use crate::{Entry, TypeConfig};
+
+/// The Raft log of one node. Clones share the database; openraft uses one
+/// as the writer and clones as readers for replication.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Db>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        LogStore { db }
+    }
+
+    fn read_range(db: &Db, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let from = index_key(start);
+        for item in db.rocks.iterator_cf(
+            db.cf(CF_LOGS),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(StoreError::rocks("read log entries"))?;
+            let index = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("log key", &key, "not 8 bytes"))?,
+            );
+            if end.is_some_and(|end| index >= end) {
+                break;
+            }
+            let entry: Entry = decode_framed("log entry", &key, &value)?;
+            if entry.get_log_id().index != index {
+                return Err(StoreError::corrupt(
+                    "log entry",
+                    &key,
+                    "stored under another index",
+                ));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_id(db: &Db) -> Result<Option<LogId<u64>>, StoreError> {
+        match db
+            .rocks
+            .iterator_cf(db.cf(CF_LOGS), IteratorMode::End)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(StoreError::rocks("read last log entry"))?;
+                let entry: Entry = decode_framed("log entry", &key, &value)?;
+                Ok(Some(*entry.get_log_id()))
+            }
+        }
+    }
+
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let framed = encode_framed(value);
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(db.cf(CF_META), key, framed);
+            db.write(batch, sync)
+        })
+        .await
+    }
+
+    async fn get_meta<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        what: &'static str,
+        key: &'static [u8],
+    ) -> Result<Option<T>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || db.get(CF_META, what, key)).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<u64>> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(e.saturating_add(1)),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
+        let db = self.db.clone();
+        blocking(move || Self::read_range(&db, start, end))
+            .await
+            .map_err(io_err(StorageIOError::read_logs))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let last_purged: Option<LogId<u64>> =
+                db.get(CF_META, "last purged log id", KEY_LAST_PURGED)?;
+            let last = Self::last_entry_id(&db)?.or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+        .map_err(io_err(StorageIOError::read_logs))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        // A vote must be on disk before it is acted on: sync.
+        self.put_meta(KEY_VOTE, vote, true)
+            .await
+            .map_err(io_err(StorageIOError::write_vote))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        self.get_meta("vote", KEY_VOTE)
+            .await
+            .map_err(io_err(StorageIOError::read_vote))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        // Only a hint for faster restarts: losing it is safe, so no fsync.
+        self.put_meta(KEY_COMMITTED, &committed, false)
+            .await
+            .map_err(io_err(StorageIOError::write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self
+            .get_meta::<Option<LogId<u64>>>("committed log id", KEY_COMMITTED)
+            .await
+            .map_err(io_err(StorageIOError::read))?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let cf_entries: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.get_log_id().index, encode_framed(&e)))
+            .collect();
+        let db = self.db.clone();
+        let result = blocking(move || {
+            for (index, value) in cf_entries {
+                batch.put_cf(db.cf(CF_LOGS), index_key(index), value);
+            }
+            // One write batch, one fsync, for everything openraft handed us.
+            db.write(batch, true)
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(StorageIOError::write_logs)(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
+            batch.delete_cf(db.cf(CF_LOGS), index_key(u64::MAX));
+            db.write(batch, true)
+        })
+        .await
+        .map_err(io_err(StorageIOError::write_logs))
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let db = self.db.clone();
+        let marker = encode_framed(&log_id);
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            // The purge marker and the deletion go together, so the log
+            // state never claims entries that are gone or hides ones that
+            // are still there.
+            batch.put_cf(db.cf(CF_META), KEY_LAST_PURGED, marker);
+            batch.delete_range_cf(
+                db.cf(CF_LOGS),
+                index_key(0),
+                index_key(log_id.index.saturating_add(1)),
+            );
+            db.write(batch, true)
+        })
+        .await
+        .map_err(io_err(StorageIOError::write_logs))
+    }
+}

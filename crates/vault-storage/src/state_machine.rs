@@ -1,0 +1,377 @@
+//! The vault state machine on RocksDB, and its snapshots.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use rocksdb::WriteBatch;
+use vault_core::VaultState;
+use vault_types::{Reply, UserId, UserStatus};
+
+use crate::db::{
+    CF_META, CF_STATE, Db, KEY_LAST_APPLIED, KEY_MEMBERSHIP, StoreError, blocking, decode_framed,
+    encode_framed, frame, io_err, unframe,
+};
+use crate::snapshot;
+use crate::{Entry, TypeConfig};
+
+/// The in-memory copy of what the state column family holds.
+#[derive(Debug)]
+struct Applied {
+    state: VaultState,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+/// The state machine of one node. The state lives in memory and in RocksDB;
+/// every apply writes what changed, with the applied log id, in one synced
+/// batch.
+#[derive(Debug)]
+pub struct StateMachineStore {
+    db: Arc<Db>,
+    snapshot_dir: PathBuf,
+    dedup_capacity: usize,
+    applied: Arc<RwLock<Applied>>,
+    /// Serialises writes of the snapshot file, so that an older snapshot
+    /// never replaces a newer one.
+    snapshot_file: Arc<Mutex<()>>,
+}
+
+/// A read-only view of a state machine that outlives openraft's ownership of
+/// it: status reads and digests for the node's API and for tests.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl StateReader {
+    fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self.applied.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        self.read(|a| a.last_applied)
+    }
+
+    /// The state digest and the index it was taken at, read together.
+    pub fn digest(&self) -> (Option<u64>, [u8; 32]) {
+        self.read(|a| (a.last_applied.map(|l| l.index), a.state.digest()))
+    }
+
+    /// A user's status.
+    pub fn status(&self, user: &UserId) -> UserStatus {
+        self.read(|a| a.state.status(user))
+    }
+
+    /// Runs `f` on the state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&VaultState) -> T) -> T {
+        self.read(|a| f(&a.state))
+    }
+}
+
+fn load_state(db: &Db, dedup_capacity: usize) -> Result<VaultState, StoreError> {
+    let mut items = Vec::new();
+    for item in db
+        .rocks
+        .iterator_cf(db.cf(CF_STATE), rocksdb::IteratorMode::Start)
+    {
+        let (key, value) = item.map_err(StoreError::rocks("read state"))?;
+        let payload = unframe("state value", &key, &value)?;
+        items.push((key.to_vec(), payload.to_vec()));
+    }
+    VaultState::from_items(dedup_capacity, items).map_err(|e| StoreError::corrupt("state", b"", e))
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(
+        db: Arc<Db>,
+        snapshot_dir: PathBuf,
+        dedup_capacity: usize,
+    ) -> Result<Self, StoreError> {
+        let last_applied = db.get(CF_META, "last applied log id", KEY_LAST_APPLIED)?;
+        let membership = db
+            .get(CF_META, "membership", KEY_MEMBERSHIP)?
+            .unwrap_or_default();
+        let state = load_state(&db, dedup_capacity)?;
+        Ok(StateMachineStore {
+            db,
+            snapshot_dir,
+            dedup_capacity,
+            applied: Arc::new(RwLock::new(Applied {
+                state,
+                last_applied,
+                membership,
+            })),
+            snapshot_file: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// A read-only view that stays valid after openraft takes this store.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            applied: self.applied.clone(),
+        }
+    }
+
+    fn write_guard(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Builds snapshots from one consistent RocksDB view.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    db: Arc<Db>,
+    snapshot_dir: PathBuf,
+    snapshot_file: Arc<Mutex<()>>,
+}
+
+/// Writes `bytes` as the current snapshot unless the current one is newer.
+fn save_if_newer(
+    dir: &std::path::Path,
+    lock: &Mutex<()>,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let _one_writer = lock.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = snapshot::read_current(dir)?
+        && let Ok(existing) = snapshot::decode(&existing)
+        && existing.meta.last_log_id > meta.last_log_id
+    {
+        return Ok(());
+    }
+    snapshot::write_current(dir, bytes)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let (db, dir, lock) = (
+            self.db.clone(),
+            self.snapshot_dir.clone(),
+            self.snapshot_file.clone(),
+        );
+        blocking(move || {
+            // One RocksDB snapshot: the state and the applied id it claims
+            // are read at the same sequence number.
+            let view = db.rocks.snapshot();
+            let read_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+                view.get_cf(db.cf(CF_META), key)
+                    .map_err(StoreError::rocks("read snapshot meta"))
+            };
+            let last_log_id: Option<LogId<u64>> = match read_meta(KEY_LAST_APPLIED)? {
+                Some(raw) => Some(decode_framed(
+                    "last applied log id",
+                    KEY_LAST_APPLIED,
+                    &raw,
+                )?),
+                None => None,
+            };
+            let last_membership: StoredMembership<u64, BasicNode> = match read_meta(KEY_MEMBERSHIP)?
+            {
+                Some(raw) => decode_framed("membership", KEY_MEMBERSHIP, &raw)?,
+                None => StoredMembership::default(),
+            };
+            let mut items = Vec::new();
+            for item in view.iterator_cf(db.cf(CF_STATE), rocksdb::IteratorMode::Start) {
+                let (key, value) = item.map_err(StoreError::rocks("read state for snapshot"))?;
+                // Check each value as it goes out, so corruption is caught
+                // here rather than on the follower.
+                unframe("state value", &key, &value)?;
+                items.push((key.to_vec(), value.to_vec()));
+            }
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let meta = SnapshotMeta {
+                snapshot_id: match last_log_id {
+                    Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
+                    None => format!("empty-{nanos}"),
+                },
+                last_log_id,
+                last_membership,
+            };
+            let bytes = snapshot::encode(meta.clone(), items);
+            save_if_newer(&dir, &lock, &meta, &bytes)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            })
+        })
+        .await
+        .map_err(io_err(StorageIOError::write_snapshot_none))
+    }
+}
+
+/// `StorageIOError::write_snapshot` without a signature, as a plain fn.
+trait WriteSnapshotNone {
+    fn write_snapshot_none(source: openraft::AnyError) -> Self;
+    fn read_snapshot_none(source: openraft::AnyError) -> Self;
+}
+
+impl WriteSnapshotNone for StorageIOError<u64> {
+    fn write_snapshot_none(source: openraft::AnyError) -> Self {
+        StorageIOError::write_snapshot(None, source)
+    }
+    fn read_snapshot_none(source: openraft::AnyError) -> Self {
+        StorageIOError::read_snapshot(None, source)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let a = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let mut replies = Vec::new();
+        {
+            let mut guard = self.write_guard();
+            let a = &mut *guard;
+            for entry in entries {
+                a.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => replies.push(Reply::Raft),
+                    EntryPayload::Normal(proposal) => {
+                        let applied = a.state.apply(entry.log_id.index, &proposal);
+                        for key in applied.changed {
+                            let k = key.encode();
+                            match a.state.value(&key) {
+                                Some(v) => batch.put_cf(self.db.cf(CF_STATE), k, frame(v)),
+                                None => batch.delete_cf(self.db.cf(CF_STATE), k),
+                            }
+                        }
+                        replies.push(Reply::Vault(applied.reply));
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id), m);
+                        replies.push(Reply::Raft);
+                    }
+                }
+            }
+            let Some(last) = a.last_applied else {
+                return Ok(replies);
+            };
+            batch.put_cf(self.db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(&last));
+            batch.put_cf(
+                self.db.cf(CF_META),
+                KEY_MEMBERSHIP,
+                encode_framed(&a.membership),
+            );
+        }
+        let db = self.db.clone();
+        // The state, last_applied and membership land together or not at all.
+        blocking(move || db.write(batch, true))
+            .await
+            .map_err(io_err(StorageIOError::write_state_machine))?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_file: self.snapshot_file.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let bytes = snapshot.into_inner();
+        let (db, dir, lock, cap) = (
+            self.db.clone(),
+            self.snapshot_dir.clone(),
+            self.snapshot_file.clone(),
+            self.dedup_capacity,
+        );
+        let meta = meta.clone();
+        let (state, meta) = blocking(move || {
+            let decoded = snapshot::decode(&bytes)?;
+            if decoded.meta.last_log_id != meta.last_log_id
+                || decoded.meta.last_membership != meta.last_membership
+            {
+                return Err(StoreError::Snapshot {
+                    op: "install snapshot",
+                    path: meta.snapshot_id.clone(),
+                    reason: "its contents claim another log id or membership than its metadata"
+                        .into(),
+                });
+            }
+            let mut unframed = Vec::with_capacity(decoded.items.len());
+            for (k, v) in &decoded.items {
+                unframed.push((k.clone(), unframe("snapshot state value", k, v)?.to_vec()));
+            }
+            let state = VaultState::from_items(cap, unframed)
+                .map_err(|e| StoreError::corrupt("snapshot state", b"", e))?;
+            // Replace the whole state, with its applied id and membership, in
+            // one atomic batch.
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(db.cf(CF_STATE), [0x00u8].as_slice(), [0xffu8].as_slice());
+            for (k, v) in decoded.items {
+                batch.put_cf(db.cf(CF_STATE), k, v);
+            }
+            match &meta.last_log_id {
+                Some(last) => batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(last)),
+                None => batch.delete_cf(db.cf(CF_META), KEY_LAST_APPLIED),
+            }
+            batch.put_cf(
+                db.cf(CF_META),
+                KEY_MEMBERSHIP,
+                encode_framed(&meta.last_membership),
+            );
+            db.write(batch, true)?;
+            save_if_newer(&dir, &lock, &meta, &bytes)?;
+            Ok((state, meta))
+        })
+        .await
+        .map_err(io_err(StorageIOError::write_snapshot_none))?;
+        let mut a = self.write_guard();
+        a.state = state;
+        a.last_applied = meta.last_log_id;
+        a.membership = meta.last_membership;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let dir = self.snapshot_dir.clone();
+        blocking(move || {
+            let Some(bytes) = snapshot::read_current(&dir)? else {
+                return Ok(None);
+            };
+            let meta = snapshot::decode(&bytes)?.meta;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            }))
+        })
+        .await
+        .map_err(io_err(StorageIOError::read_snapshot_none))
+    }
+}

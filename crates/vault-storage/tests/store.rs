@@ -1,0 +1,199 @@
+//! Snapshots, corruption, format markers and restarts of the RocksDB store.
+
+mod common;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
+use vault_core::VaultState;
+
+use common::{entry, workload};
+
+fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    rocksdb::DB::open_cf(&opts, dir.join("db"), ["logs", "meta", "state"]).expect("open raw db")
+}
+
+fn reference_digest(upto: u64) -> [u8; 32] {
+    let mut state = VaultState::default();
+    for i in 1..=upto {
+        state.apply(i, &workload(i));
+    }
+    state.digest()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_while_applies_continue_restores_exactly_its_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+    for batch in 0..20u64 {
+        sm.apply((batch * 10 + 1..=batch * 10 + 10).map(|i| entry(i, workload(i))))
+            .await
+            .expect("apply");
+    }
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    for batch in 20..60u64 {
+        sm.apply((batch * 10 + 1..=batch * 10 + 10).map(|i| entry(i, workload(i))))
+            .await
+            .expect("apply");
+    }
+    let snap = build.await.expect("join").expect("build");
+    let index = snap.meta.last_log_id.expect("non-empty snapshot").index;
+    assert!((200..=600).contains(&index), "snapshot at {index}");
+    assert_eq!(sm.reader().digest(), (Some(600), reference_digest(600)));
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (l2, mut sm2) = vault_storage::open(other.path()).expect("open");
+    let meta = snap.meta.clone();
+    sm2.install_snapshot(&meta, snap.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(
+        sm2.reader().digest(),
+        (Some(index), reference_digest(index))
+    );
+    let current = sm2
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(current.meta, meta);
+    // Both halves share the database; close it before reopening.
+    drop((l2, sm2));
+
+    // Reopened from disk: the installed state is still there.
+    let (_l3, sm3) = vault_storage::open(other.path()).expect("reopen");
+    assert_eq!(
+        sm3.reader().digest(),
+        (Some(index), reference_digest(index))
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_is_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+    sm.apply((1..=30).map(|i| entry(i, workload(i))))
+        .await
+        .expect("apply");
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let mut bytes = snap.snapshot.into_inner();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_l2, mut sm2) = vault_storage::open(other.path()).expect("open");
+    let before = sm2.reader().digest();
+    let err = sm2
+        .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(bytes)))
+        .await
+        .expect_err("corrupt snapshot installed");
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert_eq!(sm2.reader().digest(), before);
+}
+
+#[tokio::test]
+async fn state_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, mut sm) = vault_storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=50).map(|i| entry(i, workload(i))))
+            .await
+            .expect("append");
+        sm.apply((1..=50).map(|i| entry(i, workload(i))))
+            .await
+            .expect("apply");
+    }
+    let (mut log, mut sm) = vault_storage::open(dir.path()).expect("reopen");
+    assert_eq!(sm.reader().digest(), (Some(50), reference_digest(50)));
+    assert_eq!(
+        sm.applied_state()
+            .await
+            .expect("applied")
+            .0
+            .map(|l| l.index),
+        Some(50)
+    );
+    let entries = log.try_get_log_entries(1..=50).await.expect("read");
+    assert_eq!(entries.len(), 50);
+    assert_eq!(
+        log.get_log_state()
+            .await
+            .expect("state")
+            .last_log_id
+            .map(|l| l.index),
+        Some(50)
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_log_entry_is_reported_as_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = vault_storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=5).map(|i| entry(i, workload(i))))
+            .await
+            .expect("append");
+    }
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("logs").expect("cf");
+        let key = 3u64.to_be_bytes();
+        let mut value = db.get_cf(cf, key).expect("get").expect("entry 3");
+        let mid = value.len() / 2;
+        value[mid] ^= 0x10;
+        db.put_cf(cf, key, value).expect("put");
+    }
+    let (mut log, _sm) = vault_storage::open(dir.path()).expect("reopen");
+    let err = log
+        .try_get_log_entries(1..=5)
+        .await
+        .expect_err("corrupt entry read");
+    assert!(err.to_string().contains("corrupt log entry"), "{err}");
+    // Entries before it still read.
+    assert_eq!(log.try_get_log_entries(1..3).await.expect("read").len(), 2);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_state_value_is_reported_as_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+        sm.apply((1..=10).map(|i| entry(i, workload(i))))
+            .await
+            .expect("apply");
+    }
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("state").expect("cf");
+        let (key, mut value) = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .next()
+            .expect("a state value")
+            .expect("read");
+        let last = value.len() - 5;
+        value[last] ^= 0x01;
+        db.put_cf(cf, key, value).expect("put");
+    }
+    let err = vault_storage::open(dir.path()).expect_err("corrupt state opened");
+    assert!(err.to_string().contains("corrupt state value"), "{err}");
+}
+
+#[test]
+fn an_unknown_format_marker_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(vault_storage::open(dir.path()).expect("create"));
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("meta").expect("cf");
+        db.put_cf(cf, b"format", b"backup-key-vault storage v99")
+            .expect("put");
+    }
+    let err = vault_storage::open(dir.path()).expect_err("unknown format opened");
+    assert!(err.to_string().contains("storage v99"), "{err}");
+    assert!(err.to_string().contains("this build reads"), "{err}");
+}

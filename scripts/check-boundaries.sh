@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Fails when a crate depends on what its role forbids (docs/ARCHITECTURE.md):
+# RocksDB only in vault-storage, PKCS#11 only in vault-hsm, and no I/O
+# crates under vault-core or vault-types.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+forbid() { # crate, pattern, reason
+  local crate=$1 pattern=$2 reason=$3 found
+  found=$(cargo tree --locked -p "$crate" -e normal,build --prefix none 2>/dev/null | grep -E "^($pattern) v" | sort -u || true)
+  if [ -n "$found" ]; then
+    echo "boundary broken: $crate depends on $(echo "$found" | tr '\n' ' ')($reason)" >&2
+    fail=1
+  fi
+}
+for c in vault-types vault-core; do
+  forbid "$c" "rocksdb|librocksdb-sys|cryptoki|tonic|tokio|openraft" "no I/O in $c"
+done
+for c in vault-hsm vault-cli; do
+  forbid "$c" "rocksdb|librocksdb-sys" "RocksDB only in vault-storage"
+done
+forbid vault-storage "cryptoki" "PKCS#11 only in vault-hsm"
+[ "$fail" = 0 ] && echo "crate boundaries hold: vault-core and vault-types have no I/O crates; RocksDB only in vault-storage; PKCS#11 only in vault-hsm"
+exit "$fail"
