@@ -4,7 +4,8 @@
 //!
 //! A seeded workload registers users and runs attempts while the harness
 //! crashes the leader (shutdown, then reopen the store from disk), isolates
-//! nodes and adds drops and delays. After healing it checks:
+//! a node (every link to and from it cut), and makes single directed links
+//! lossy, slow or cut one way. After healing it checks:
 //! - the guess bound: per user and generation, attempts granted to the
 //!   client between two successes never exceed `max_attempts`;
 //! - durability: acknowledged registrations and attempt counts survive;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use network::{Network, Rng, Router};
+use network::{LinkFault, Network, Rng, Router};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use vault_storage::StateReader;
@@ -243,16 +244,37 @@ async fn run_seed(seed: u64) -> Result<(), String> {
         }
         if step % 60 == 45 {
             let victim = NODES[rng.below(3) as usize];
-            cluster.router.isolate(victim);
+            cluster.router.isolate(victim, &NODES);
         }
         if step % 60 == 55 {
             cluster.router.heal();
         }
         if step % 50 == 10 {
-            cluster.router.set_noise(10, 20);
+            // A lossy, slow link in one direction, and another one-way cut.
+            let (a, b) = (NODES[rng.below(3) as usize], NODES[rng.below(3) as usize]);
+            if a != b {
+                cluster.router.set_link(
+                    a,
+                    b,
+                    LinkFault {
+                        cut: false,
+                        drop_percent: 20,
+                        max_delay_ms: 30,
+                    },
+                );
+                cluster.router.set_link(
+                    b,
+                    a,
+                    LinkFault {
+                        cut: rng.chance(50),
+                        drop_percent: 0,
+                        max_delay_ms: 10,
+                    },
+                );
+            }
         }
         if step % 50 == 30 {
-            cluster.router.set_noise(0, 0);
+            cluster.router.heal();
         }
 
         let user = rng.below(USERS);
@@ -318,13 +340,13 @@ async fn run_seed(seed: u64) -> Result<(), String> {
 
     check_guess_bound(&history)?;
     check_durability(&history, &cluster)?;
+    let count = |f: fn(&Outcome) -> bool| history.iter().filter(|r| f(&r.outcome)).count();
     eprintln!(
-        "  seed {seed}: {} ops ({} unknown), converged at index {}",
+        "  seed {seed}: {} ops ({} unknown), {} attempts granted, {} answered Locked, converged at index {}",
         history.len(),
-        history
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Unknown))
-            .count(),
+        count(|o| matches!(o, Outcome::Unknown)),
+        count(|o| matches!(o, Outcome::Known(Ok(Response::AttemptGranted { .. })))),
+        count(|o| matches!(o, Outcome::Known(Err(CommandError::Locked)))),
         converged
     );
     for id in NODES {
@@ -464,6 +486,37 @@ fn check_durability(history: &[Record], cluster: &Cluster) -> Result<(), String>
     Ok(())
 }
 
+/// The guess-bound checker must fail on a history that breaks the bound, and
+/// count afresh after a success or a finish of unknown outcome.
+fn checker_self_test() -> Result<(), String> {
+    let grant = |n: u8, attempt: u32| Record {
+        user: 0,
+        request: RequestId([n; 16]),
+        command: "begin",
+        outcome: Outcome::Known(Ok(Response::AttemptGranted {
+            generation: Generation(1),
+            sealed_record: SealedBytes(vec![]),
+            attempts_left: MAX_ATTEMPTS.saturating_sub(attempt),
+            attempt,
+        })),
+    };
+    let mut history: Vec<Record> = (1..=3).map(|n| grant(n, u32::from(n))).collect();
+    check_guess_bound(&history)?;
+    history.push(Record {
+        user: 0,
+        request: RequestId([9; 16]),
+        command: "finish",
+        outcome: Outcome::Unknown,
+    });
+    history.extend((4..=6).map(|n| grant(n, u32::from(n) - 3)));
+    check_guess_bound(&history)?;
+    history.push(grant(7, 4));
+    match check_guess_bound(&history) {
+        Err(e) if e.contains("guess bound broken") => Ok(()),
+        other => Err(format!("a fourth grant was not flagged: {other:?}")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let mut args = libtest_mimic::Arguments::from_args();
     // One cluster at a time: they are timing-sensitive and the machine is small.
@@ -478,7 +531,11 @@ fn main() -> std::process::ExitCode {
         },
         Err(_) => CI_SEEDS.to_vec(),
     };
-    let trials = seeds
+    let mut trials: Vec<libtest_mimic::Trial> = vec![libtest_mimic::Trial::test(
+        "replicas::checker_rejects_a_fourth_grant",
+        || checker_self_test().map_err(Into::into),
+    )];
+    trials.extend(seeds
         .into_iter()
         .map(|seed| {
             libtest_mimic::Trial::test(format!("replicas::seed_{seed}"), move || {
@@ -493,7 +550,6 @@ fn main() -> std::process::ExitCode {
                     .into()
                 })
             })
-        })
-        .collect();
+        }));
     libtest_mimic::run(&args, trials).exit_code()
 }

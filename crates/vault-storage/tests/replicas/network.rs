@@ -2,7 +2,7 @@
 //! nodes cut off (partitions), random drops and random delays, all drawn
 //! from a seeded generator.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,12 +41,27 @@ impl Rng {
     }
 }
 
+/// What happens to messages on one directed link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkFault {
+    /// Every message is lost (a partition).
+    pub cut: bool,
+    /// Percent of messages lost.
+    pub drop_percent: u64,
+    /// Each message waits up to this long.
+    pub max_delay_ms: u64,
+}
+
 #[derive(Debug)]
 struct Faults {
-    isolated: BTreeSet<u64>,
-    drop_percent: u64,
-    max_delay_ms: u64,
+    links: BTreeMap<(u64, u64), LinkFault>,
     rng: Rng,
+}
+
+impl Faults {
+    fn link(&mut self, from: u64, to: u64) -> &mut LinkFault {
+        self.links.entry((from, to)).or_default()
+    }
 }
 
 /// Delivers RPCs between the nodes that are up.
@@ -64,9 +79,7 @@ impl Router {
         Arc::new(Router {
             nodes: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Faults {
-                isolated: BTreeSet::new(),
-                drop_percent: 0,
-                max_delay_ms: 0,
+                links: BTreeMap::new(),
                 rng: Rng::new(seed.wrapping_add(1)),
             }),
         })
@@ -93,29 +106,34 @@ impl Router {
             .collect()
     }
 
-    pub fn isolate(&self, id: u64) {
-        self.faults.lock().expect("faults lock").isolated.insert(id);
-    }
-
-    pub fn set_noise(&self, drop_percent: u64, max_delay_ms: u64) {
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: u64, peers: &[u64]) {
         let mut f = self.faults.lock().expect("faults lock");
-        f.drop_percent = drop_percent;
-        f.max_delay_ms = max_delay_ms;
+        for &p in peers.iter().filter(|&&p| p != id) {
+            f.link(id, p).cut = true;
+            f.link(p, id).cut = true;
+        }
     }
 
+    /// Sets the faults of the directed link `from -> to`.
+    pub fn set_link(&self, from: u64, to: u64, fault: LinkFault) {
+        *self.faults.lock().expect("faults lock").link(from, to) = fault;
+    }
+
+    /// Every link back to normal.
     pub fn heal(&self) {
-        let mut f = self.faults.lock().expect("faults lock");
-        f.isolated.clear();
-        f.drop_percent = 0;
-        f.max_delay_ms = 0;
+        self.faults.lock().expect("faults lock").links.clear();
     }
 
+    /// `true` when every link from `id` is cut.
     pub fn is_isolated(&self, id: u64) -> bool {
-        self.faults
-            .lock()
-            .expect("faults lock")
-            .isolated
-            .contains(&id)
+        let f = self.faults.lock().expect("faults lock");
+        let out: Vec<_> = f
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .collect();
+        !out.is_empty() && out.iter().all(|(_, l)| l.cut)
     }
 
     /// The target's handle, after the link's faults; `Err` when the message
@@ -123,16 +141,14 @@ impl Router {
     async fn deliver(&self, from: u64, to: u64) -> Result<Raft<TypeConfig>, Unreachable> {
         let (lost, delay) = {
             let mut f = self.faults.lock().expect("faults lock");
-            let cut = f.isolated.contains(&from) || f.isolated.contains(&to);
-            let drop_percent = f.drop_percent;
-            let dropped = f.rng.chance(drop_percent);
-            let max_delay = f.max_delay_ms;
-            let delay = if max_delay > 0 {
-                f.rng.below(max_delay)
+            let link = f.links.get(&(from, to)).copied().unwrap_or_default();
+            let dropped = link.drop_percent > 0 && f.rng.chance(link.drop_percent);
+            let delay = if link.max_delay_ms > 0 {
+                f.rng.below(link.max_delay_ms)
             } else {
                 0
             };
-            (cut || dropped, delay)
+            (link.cut || dropped, delay)
         };
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
