@@ -322,10 +322,7 @@ impl VaultState {
             attempts_used,
         } = &mut record.status
         else {
-            return Err(match record.status {
-                RecordStatus::Deleted => CommandError::NotFound,
-                _ => CommandError::Locked,
-            });
+            return Err(tombstone_error(&record.status));
         };
         if *attempts_used >= *max_attempts {
             // Attempts were granted and never finished: the budget is spent.
@@ -367,38 +364,29 @@ impl VaultState {
             ..
         } = &mut record.status
         else {
-            return Err(match record.status {
-                RecordStatus::Deleted => CommandError::NotFound,
-                _ => CommandError::Locked,
-            });
+            return Err(tombstone_error(&record.status));
         };
         if *attempts_used == 0 {
             return Err(CommandError::NoAttemptInProgress);
         }
         let max = *max_attempts;
-        let reply = if success {
+        let (attempts_left, locked) = if success {
             *attempts_used = 0;
-            Response::AttemptFinished {
-                generation,
-                success,
-                attempts_left: max,
-                locked: false,
-            }
+            (max, false)
         } else if *attempts_used >= max {
-            record.status = RecordStatus::Locked;
-            Response::AttemptFinished {
-                generation,
-                success,
-                attempts_left: 0,
-                locked: true,
-            }
+            (0, true)
         } else {
-            Response::AttemptFinished {
-                generation,
-                success,
-                attempts_left: max - *attempts_used,
-                locked: false,
-            }
+            (max - *attempts_used, false)
+        };
+        if locked {
+            // The last attempt failed: erase the material.
+            record.status = RecordStatus::Locked;
+        }
+        let reply = Response::AttemptFinished {
+            generation,
+            success,
+            attempts_left,
+            locked,
         };
         record.updated_at = at;
         changed.push(StateKey::User(user.clone()));
@@ -502,6 +490,15 @@ impl VaultState {
     /// Whether `id` is remembered.
     pub fn remembers(&self, id: &RequestId) -> bool {
         self.dedup.get(id).is_some()
+    }
+}
+
+/// What a command on an erased record answers: a deleted user looks like
+/// one never registered; a locked one says so.
+fn tombstone_error(status: &RecordStatus) -> CommandError {
+    match status {
+        RecordStatus::Deleted => CommandError::NotFound,
+        _ => CommandError::Locked,
     }
 }
 
