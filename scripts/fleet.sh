@@ -28,7 +28,7 @@ new_pin() {
 
 up() {
   bkv_ensure_packages
-  bkv_log "building vaultctl (target dir $CARGO_TARGET_DIR)"
+  bkv_log "building the workspace (target dir $CARGO_TARGET_DIR; the first build compiles RocksDB, ~20 min on 2 cores)"
   # The same selection as test.sh, so both reuse one build (see test.sh).
   cargo build --locked --workspace --all-targets
   local vaultctl="$CARGO_TARGET_DIR/debug/vaultctl"
