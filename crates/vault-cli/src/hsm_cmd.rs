@@ -374,11 +374,23 @@ fn run_ceremony(a: CeremonyArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|m| ["--module".to_owned(), m.display().to_string()])
         .collect();
-    let step = |n: u32, what: &str, args: Vec<String>| -> Result<()> {
+    // Runs `vaultctl hsm SUB --softhsm-dir DIR --label LABEL [--flag [value]]…`.
+    let step = |n: u32,
+                what: &str,
+                sub: &str,
+                dir: &Path,
+                label: &str,
+                flags: &[(&str, String)]|
+     -> Result<()> {
         eprintln!("step {n}/3: {what}");
         let status = std::process::Command::new(&exe)
-            .arg("hsm")
-            .args(&args)
+            .args(["hsm", sub, "--softhsm-dir"])
+            .arg(dir)
+            .args(["--label", label])
+            // An empty value marks a bare switch such as --rewrappable.
+            .args(flags.iter().flat_map(|(flag, value)| {
+                std::iter::once(*flag).chain((!value.is_empty()).then_some(value.as_str()))
+            }))
             .args(&module_args)
             .status()
             .with_context(|| format!("run step {n}"))?;
@@ -391,53 +403,41 @@ fn run_ceremony(a: CeremonyArgs) -> Result<ExitCode> {
     step(
         1,
         &format!("export the transport key of {:?}", a.to_label),
-        vec![
-            "export-transport".into(),
-            "--softhsm-dir".into(),
-            s(&a.to_dir),
-            "--label".into(),
-            a.to_label.clone(),
-            "--out".into(),
-            s(&transport),
-        ],
+        "export-transport",
+        &a.to_dir,
+        &a.to_label,
+        &[("--out", s(&transport))],
     )?;
     let fingerprint = read_json::<TransportPublicKey>(&transport)?.fingerprint();
     step(
         2,
         &format!("wrap the KEKs of {:?} for {fingerprint}", a.from_label),
-        vec![
-            "wrap-kek".into(),
-            "--softhsm-dir".into(),
-            s(&a.from_dir),
-            "--label".into(),
-            a.from_label.clone(),
-            "--so-pin-file".into(),
-            s(&a.from_so_pin_file),
-            "--user-pin-file".into(),
-            s(&a.from_user_pin_file),
-            "--transport".into(),
-            s(&transport),
-            "--expect-fingerprint".into(),
-            fingerprint.clone(),
-            "--out".into(),
-            s(&wrapped),
+        "wrap-kek",
+        &a.from_dir,
+        &a.from_label,
+        &[
+            ("--so-pin-file", s(&a.from_so_pin_file)),
+            ("--user-pin-file", s(&a.from_user_pin_file)),
+            ("--transport", s(&transport)),
+            ("--expect-fingerprint", fingerprint.clone()),
+            ("--out", s(&wrapped)),
         ],
     )?;
     let mut import = vec![
-        "import-kek".into(),
-        "--softhsm-dir".into(),
-        s(&a.to_dir),
-        "--label".into(),
-        a.to_label.clone(),
-        "--user-pin-file".into(),
-        s(&a.to_user_pin_file),
-        "--wrapped".into(),
-        s(&wrapped),
+        ("--user-pin-file", s(&a.to_user_pin_file)),
+        ("--wrapped", s(&wrapped)),
     ];
     if a.rewrappable {
-        import.push("--rewrappable".into());
+        import.push(("--rewrappable", String::new()));
     }
-    step(3, &format!("unwrap the KEKs into {:?}", a.to_label), import)?;
+    step(
+        3,
+        &format!("unwrap the KEKs into {:?}", a.to_label),
+        "import-kek",
+        &a.to_dir,
+        &a.to_label,
+        &import,
+    )?;
     eprintln!(
         "ceremony done: {:?} now holds the fleet KEK of {:?}",
         a.to_label, a.from_label

@@ -287,6 +287,21 @@ fn wrong_inputs_fail_with_messages_that_name_them() {
     ]);
     assert!(err.contains("exists already"), "{err}");
 
+    let short = pin_file(t, "short.pin", "ab");
+    let err = fails(&[
+        "hsm",
+        "init",
+        "--softhsm-dir",
+        &s(&t.join("hsm-short")),
+        "--label",
+        "node-short",
+        "--so-pin-file",
+        &s(&so),
+        "--user-pin-file",
+        &s(&short),
+    ]);
+    assert!(err.contains("user PIN is 2 bytes"), "{err}");
+
     // A transport key whose fingerprint the operator did not confirm is refused.
     let transport = t.join("transport.json");
     ok(&[

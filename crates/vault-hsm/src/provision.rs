@@ -57,6 +57,18 @@ pub enum ProvisionError {
     /// PKCS#11 PINs for token initialisation must be UTF-8.
     #[error("the {0} PIN is not valid UTF-8")]
     PinNotUtf8(&'static str),
+    /// The PIN is shorter or longer than the token accepts.
+    #[error("the {which} PIN is {len} bytes; this token accepts {min} to {max}")]
+    PinLength {
+        /// Which PIN.
+        which: &'static str,
+        /// Its length.
+        len: usize,
+        /// The token's minimum.
+        min: usize,
+        /// The token's maximum.
+        max: usize,
+    },
 }
 
 /// What `vaultctl hsm init` asks for.
@@ -119,13 +131,25 @@ pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
             .get_token_info(slot)
             .map_err(|e| DeviceError::from_cryptoki("read token info", e))?;
         if !info.token_initialized() {
-            free = Some(slot);
+            free = Some((slot, info.min_pin_length(), info.max_pin_length()));
             break;
         }
     }
-    let slot = free.ok_or_else(|| ProvisionError::NoFreeSlot {
+    let (slot, min, max) = free.ok_or_else(|| ProvisionError::NoFreeSlot {
         module: req.module.to_owned(),
     })?;
+    // Tokens answer a PIN of the wrong length with misleading codes (SoftHSM
+    // says "PIN incorrect"), so check against the limits the token reports.
+    for (which, pin) in [("SO", req.so_pin), ("user", req.user_pin)] {
+        if pin.len() < min || pin.len() > max {
+            return Err(ProvisionError::PinLength {
+                which,
+                len: pin.len(),
+                min,
+                max,
+            });
+        }
+    }
     ctx.init_token(slot, &auth_pin(req.so_pin, "SO")?, req.label)
         .map_err(|e| DeviceError::from_cryptoki("initialise token", e))?;
 
