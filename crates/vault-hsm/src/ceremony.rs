@@ -28,8 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::blob::KekVersion;
 use crate::error::DeviceError;
 use crate::pkcs11::keys::{
-    PEER_TRANSPORT_LABEL, TRANSPORT_LABEL, check_value, find_keks, find_one, kek_label,
-    kek_template,
+    PEER_TRANSPORT_LABEL, TRANSPORT_LABEL, check_value, find_keks, find_one, kek_template,
 };
 use crate::pkcs11::token::Token;
 use crate::provision::{ProvisionError, TRANSPORT_KEY_BITS};
@@ -406,11 +405,6 @@ pub mod testing {
             source_token_serial: String::new(),
             keks,
         })
-    }
-
-    /// The label KEK `version` carries.
-    pub fn kek_object_label(version: KekVersion) -> String {
-        kek_label(version)
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::asynchronous::AsyncHsm;
-use crate::blob::{KekVersion, OVERHEAD, SealedBlob};
+use crate::blob::{OVERHEAD, SealedBlob};
 use crate::error::HsmError;
 use crate::hsm::Hsm;
 use crate::secret::SecretBytes;
@@ -312,6 +312,3 @@ pub fn single_hsm_checks<H: Hsm>() -> Vec<(&'static str, Check<H>)> {
         ),
     ]
 }
-
-/// The version the suite expects a freshly provisioned fleet to use.
-pub const FIRST_KEK: KekVersion = KekVersion(1);

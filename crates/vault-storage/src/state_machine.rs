@@ -205,22 +205,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })
         })
         .await
-        .map_err(io_err(StorageIOError::write_snapshot_none))
-    }
-}
-
-/// `StorageIOError::write_snapshot` without a signature, as a plain fn.
-trait WriteSnapshotNone {
-    fn write_snapshot_none(source: openraft::AnyError) -> Self;
-    fn read_snapshot_none(source: openraft::AnyError) -> Self;
-}
-
-impl WriteSnapshotNone for StorageIOError<u64> {
-    fn write_snapshot_none(source: openraft::AnyError) -> Self {
-        StorageIOError::write_snapshot(None, source)
-    }
-    fn read_snapshot_none(source: openraft::AnyError) -> Self {
-        StorageIOError::read_snapshot(None, source)
+        .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))
     }
 }
 
@@ -349,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok((state, meta))
         })
         .await
-        .map_err(io_err(StorageIOError::write_snapshot_none))?;
+        .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
         let mut a = self.write_guard();
         a.state = state;
         a.last_applied = meta.last_log_id;
@@ -372,6 +357,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }))
         })
         .await
-        .map_err(io_err(StorageIOError::read_snapshot_none))
+        .map_err(io_err(|e| StorageIOError::read_snapshot(None, e)))
     }
 }

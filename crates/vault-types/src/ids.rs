@@ -219,14 +219,17 @@ mod tests {
             Err(IdError::ControlCharacter("user id"))
         );
         // Deserialisation runs the same checks.
-        assert!(serde_json_like_roundtrip("\"\"").is_err());
+        assert!(decode_user_id("").is_err());
+        assert!(decode_user_id("a\u{7}b").is_err());
+        assert_eq!(
+            decode_user_id("bob").map(|u| u.to_string()),
+            Ok("bob".to_owned())
+        );
     }
 
-    fn serde_json_like_roundtrip(s: &str) -> Result<UserId, String> {
-        // A tiny hand-rolled check that Deserialize validates: decode a
-        // postcard string.
-        let inner = s.trim_matches('"');
-        let bytes = postcard::to_allocvec(&inner.to_owned()).map_err(|e| e.to_string())?;
+    /// A user id decoded from a postcard string holding `text`.
+    fn decode_user_id(text: &str) -> Result<UserId, String> {
+        let bytes = postcard::to_allocvec(text).map_err(|e| e.to_string())?;
         postcard::from_bytes::<UserId>(&bytes).map_err(|e| e.to_string())
     }
 

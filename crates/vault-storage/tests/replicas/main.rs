@@ -96,9 +96,8 @@ impl Cluster {
         let (log, sm) = loop {
             match vault_storage::open_with_dedup_capacity(dir, 1000) {
                 Ok(s) => break s,
-                Err(e) if tries < 100 => {
+                Err(_) if tries < 100 => {
                     tries += 1;
-                    let _ = e;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("reopen node {id}: {e}"),
