@@ -17,9 +17,11 @@ forbid() { # crate, pattern, reason
 for c in vault-types vault-core; do
   forbid "$c" "rocksdb|librocksdb-sys|cryptoki|tonic|tokio|openraft" "no I/O in $c"
 done
-for c in vault-hsm vault-cli; do
+for c in vault-hsm vault-cli vault-raft vault-proto vault-testkit; do
   forbid "$c" "rocksdb|librocksdb-sys" "RocksDB only in vault-storage"
 done
-forbid vault-storage "cryptoki" "PKCS#11 only in vault-hsm"
+for c in vault-storage vault-raft vault-proto; do
+  forbid "$c" "cryptoki" "PKCS#11 only in vault-hsm"
+done
 [ "$fail" = 0 ] && echo "crate boundaries hold: vault-core and vault-types have no I/O crates; RocksDB only in vault-storage; PKCS#11 only in vault-hsm"
 exit "$fail"

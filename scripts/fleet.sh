@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
-# A local fleet on this machine.
+# A local 3-node fleet on this machine (cluster-configs/local-3.toml).
 #
 #   ./scripts/fleet.sh up      install what is missing, build, provision one
-#                              SoftHSM token per node (fleet KEK copied from
-#                              node 1 by ceremony), then start the nodes
-#   ./scripts/fleet.sh clean   delete the local fleet's state (.fleet/)
+#                              SoftHSM token per node (the fleet KEK made on
+#                              node 1 and copied by ceremony), issue the
+#                              fleet's certificates, start the three nodes,
+#                              initialize the fleet on first start, wait for
+#                              a leader and print the status. On a running
+#                              or stopped fleet: restart it, keeping data.
+#   ./scripts/fleet.sh down    stop the nodes (SIGTERM; SIGKILL after 15 s)
+#   ./scripts/fleet.sh status  the fleet's status (vaultctl cluster status)
+#   ./scripts/fleet.sh logs    the last lines of every node's log
+#   ./scripts/fleet.sh clean   stop the nodes and delete the fleet directory
 #
-# State lives in .fleet/ (override with FLEET_DIR): one SoftHSM directory per
-# node under hsm/, PIN files (mode 600) under secrets/.
+# State lives in one directory, .fleet/ (override with FLEET_DIR): hsm/
+# (SoftHSM token dirs), secrets/ (PIN files, mode 600), pki/ (CAs, node,
+# operator and frontend certificates), node-N/data (RocksDB), node-N.log,
+# node-N.pid.
 #
-# Exit codes: 0 done; 1 a step failed; 2 bad usage; 3 the HSMs are ready but
-# the vault nodes cannot start yet (the node binary is not built yet).
+# Exit codes: 0 done; 1 a step failed; 2 bad usage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 
 FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
+FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
 NODES=(1 2 3)
+BIN="$CARGO_TARGET_DIR/debug"
+export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="$FLEET_CONFIG"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 new_pin() {
   local path=$1
@@ -26,12 +37,14 @@ new_pin() {
   (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$path")
 }
 
-up() {
+build() {
   bkv_ensure_packages
-  bkv_log "building the workspace (target dir $CARGO_TARGET_DIR; the first build compiles RocksDB, ~20 min on 2 cores)"
-  # The same selection as test.sh, so both reuse one build (see test.sh).
+  bkv_log "building (target dir $CARGO_TARGET_DIR; the first build compiles RocksDB, ~20 min on 2 cores)"
+  # The same profile and selection as test.sh, so both reuse one build.
   cargo build --locked --workspace --all-targets
-  local vaultctl="$CARGO_TARGET_DIR/debug/vaultctl"
+}
+
+provision_hsms() {
   mkdir -p "$FLEET_DIR/hsm" "$FLEET_DIR/secrets"
   chmod 700 "$FLEET_DIR/secrets"
   for n in "${NODES[@]}"; do
@@ -39,18 +52,17 @@ up() {
     new_pin "$FLEET_DIR/secrets/node-$n.user.pin"
     local dir="$FLEET_DIR/hsm/node-$n"
     if [ -d "$dir/tokens" ] && [ -n "$(ls -A "$dir/tokens")" ]; then
-      bkv_log "node-$n: HSM token exists, keeping it"
       continue
     fi
     local kek=()
     [ "$n" = 1 ] && kek=(--kek)
     bkv_log "node-$n: provisioning its HSM token"
-    "$vaultctl" hsm init --softhsm-dir "$dir" --label "node-$n" \
+    "$BIN/vaultctl" hsm init --softhsm-dir "$dir" --label "node-$n" \
       --so-pin-file "$FLEET_DIR/secrets/node-$n.so.pin" \
       --user-pin-file "$FLEET_DIR/secrets/node-$n.user.pin" "${kek[@]}" >/dev/null
     if [ "$n" != 1 ]; then
       bkv_log "node-$n: KEK ceremony from node-1"
-      "$vaultctl" hsm ceremony \
+      "$BIN/vaultctl" hsm ceremony \
         --from-dir "$FLEET_DIR/hsm/node-1" --from-label node-1 \
         --from-so-pin-file "$FLEET_DIR/secrets/node-1.so.pin" \
         --from-user-pin-file "$FLEET_DIR/secrets/node-1.user.pin" \
@@ -58,19 +70,83 @@ up() {
         --to-user-pin-file "$FLEET_DIR/secrets/node-$n.user.pin"
     fi
   done
+}
+
+pid_of() {
+  local f="$FLEET_DIR/node-$1.pid"
+  [ -f "$f" ] || return 1
+  local pid
+  pid=$(cat "$f")
+  # Only a vault-node process counts (pids get reused).
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q vault-node || return 1
+  echo "$pid"
+}
+
+down() {
+  local pids=()
   for n in "${NODES[@]}"; do
-    "$vaultctl" hsm report --softhsm-dir "$FLEET_DIR/hsm/node-$n" --label "node-$n" \
-      --user-pin-file "$FLEET_DIR/secrets/node-$n.user.pin" | head -2
+    if pid=$(pid_of "$n"); then
+      bkv_log "node-$n: stopping (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$FLEET_DIR/node-$n.pid"
   done
-  echo
-  echo "HSMs of nodes ${NODES[*]} are provisioned in $FLEET_DIR/hsm and share one fleet KEK."
-  echo "Not yet: the vault node binary does not exist yet, so no node is started."
-  exit 3
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      bkv_log "pid $pid did not stop in 15 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+start_nodes() {
+  for n in "${NODES[@]}"; do
+    mkdir -p "$FLEET_DIR/node-$n"
+    setsid "$BIN/vault-node" --node-id "$n" >>"$FLEET_DIR/node-$n.log" 2>&1 < /dev/null &
+    echo $! > "$FLEET_DIR/node-$n.pid"
+    bkv_log "node-$n: started (pid $!, log $FLEET_DIR/node-$n.log)"
+  done
+  sleep 1
+  for n in "${NODES[@]}"; do
+    if ! pid_of "$n" >/dev/null; then
+      echo "node-$n exited at once; its log ends:" >&2
+      tail -n 20 "$FLEET_DIR/node-$n.log" >&2
+      down
+      exit 1
+    fi
+  done
+}
+
+up() {
+  build
+  provision_hsms
+  bkv_log "issuing certificates (kept if they exist)"
+  "$BIN/vaultctl" pki init --frontend local
+  down
+  start_nodes
+  bkv_log "initializing the fleet (a no-op if it is initialized)"
+  "$BIN/vaultctl" cluster init --wait 60
+  bkv_log "waiting for one leader and equal applied indexes"
+  "$BIN/vaultctl" cluster status --wait-converged 60
+  cat <<EOT
+
+The fleet is up. Its state is in $FLEET_DIR.
+  status:        $BIN/vaultctl cluster status [--json]   (or ./scripts/fleet.sh status)
+  metrics:       curl http://127.0.0.1:7301/metrics   (/ready, /live; nodes 2, 3 on :7302, :7303)
+  frontend API:  127.0.0.1:7101-7103, mutual TLS: CA $FLEET_DIR/pki/fleet-ca.pem,
+                 client certificate $FLEET_DIR/pki/frontend-local.pem (+ .key)
+  stop:          ./scripts/fleet.sh down
+EOT
 }
 
 case "${1:-}" in
   up) up ;;
-  clean) rm -rf "$FLEET_DIR"; bkv_log "removed $FLEET_DIR" ;;
+  down) down ;;
+  status) "$BIN/vaultctl" cluster status "${@:2}" ;;
+  logs) for n in "${NODES[@]}"; do echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
+  clean) down; rm -rf "$FLEET_DIR"; bkv_log "removed $FLEET_DIR" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

@@ -1,13 +1,15 @@
 //! `vaultctl`: the command line of Backup Key Vault.
 //!
-//! Today it provisions HSM tokens and runs the KEK ceremony (`vaultctl hsm
-//! …`). Exit codes: 0 success, 1 the operation failed (the message says
+//! It provisions HSM tokens and runs the KEK ceremony (`vaultctl hsm …`),
+//! issues the fleet's certificates (`vaultctl pki …`) and operates a
+//! running fleet (`vaultctl cluster …`). Exit codes: 0 success, 1 the operation failed (the message says
 //! why), 2 the command line was wrong.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster_cmd;
 mod hsm_cmd;
 mod output;
 
@@ -25,12 +27,21 @@ enum Command {
     /// between HSMs.
     #[command(subcommand)]
     Hsm(hsm_cmd::HsmCommand),
+    /// Issue the fleet's certificates (fleet CA, frontend CA, nodes,
+    /// operator, frontends).
+    #[command(subcommand)]
+    Pki(cluster_cmd::PkiCommand),
+    /// Operate a running fleet: init, status, membership, snapshots.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hsm(cmd) => hsm_cmd::run(cmd),
+        Command::Pki(cmd) => cluster_cmd::run_pki(cmd),
+        Command::Cluster(cmd) => cluster_cmd::run_cluster(cmd),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,7 @@
 
 mod dedup;
 mod key;
+pub mod opaque;
 mod record;
 mod state;
 

@@ -127,6 +127,16 @@ impl SoftHsmDir {
     pub fn rerun_self(&self) -> ExitCode {
         rerun(self.command(current_exe()), std::iter::empty())
     }
+
+    /// Replaces this process by this same program, with the same arguments,
+    /// against this directory (`execve`: same pid, so signals sent to the
+    /// process reach the program that holds the HSM). Returns only on error.
+    pub fn exec_self(&self) -> std::io::Error {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command(current_exe());
+        cmd.args(std::env::args_os().skip(1));
+        cmd.exec()
+    }
 }
 
 fn current_exe() -> PathBuf {

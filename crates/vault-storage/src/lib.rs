@@ -20,8 +20,6 @@
 //!
 //! RocksDB calls run on tokio's blocking pool, never on the async runtime.
 
-use std::io::Cursor;
-
 mod db;
 mod log_store;
 mod snapshot;
@@ -31,18 +29,7 @@ pub use db::{FORMAT_MARKER, StoreError};
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader};
 
-openraft::declare_raft_types!(
-    /// The openraft types of a vault fleet.
-    pub TypeConfig:
-        D = vault_types::Proposal,
-        R = vault_types::Reply,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
-);
-
-/// A Raft log entry of a vault fleet.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub use vault_raft::{Entry, TypeConfig};
 
 /// Opens (or creates) the node's database under `dir` and returns its log
 /// store and state machine, which share it.

@@ -1,0 +1,580 @@
+//! `vaultctl pki …` and `vaultctl cluster …`: certificates and the admin
+//! API of a running fleet.
+//!
+//! Endpoints and the operator's certificate come from the fleet file
+//! (`--config`) and the fleet directory (`--fleet-dir`), the same two
+//! things every node reads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+use vault_proto::v1::admin_client::AdminClient;
+use vault_proto::v1::{
+    AddLearnerRequest, InitRequest, MembershipReply, PromoteRequest, RemoveNodeRequest, Role,
+    SnapshotRequest, StatusReply, StatusRequest,
+};
+use vault_raft::config::Fleet;
+use vault_raft::pki;
+use vault_raft::tls::client_config_for_node;
+
+/// Where the fleet is described.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet file.
+    #[arg(
+        long,
+        env = "BKV_FLEET_CONFIG",
+        default_value = "cluster-configs/local-3.toml"
+    )]
+    config: PathBuf,
+    /// The directory that relative paths in the fleet file are relative to.
+    #[arg(long, env = "BKV_FLEET_DIR", default_value = ".fleet")]
+    fleet_dir: PathBuf,
+}
+
+impl FleetArgs {
+    fn load(&self) -> anyhow::Result<Fleet> {
+        Ok(Fleet::load(&self.config, &self.fleet_dir)?)
+    }
+}
+
+/// `vaultctl pki …`
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the fleet CA, the frontend CA, a certificate for every node
+    /// of the fleet file, the operator's certificate and frontend client
+    /// certificates, in the directory of the fleet file's `tls.fleet_ca`.
+    /// Existing files are kept, so this also issues certificates for nodes
+    /// added to the fleet file later.
+    Init {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// A frontend to issue a client certificate for (repeatable).
+        #[arg(long = "frontend", default_value = "local")]
+        frontends: Vec<String>,
+    },
+}
+
+/// `vaultctl cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Bootstrap a new fleet: the `bootstrap` nodes of the fleet file
+    /// become its voters, and the fleet's OPAQUE server setup is generated
+    /// by one node's HSM and committed. Safe to repeat.
+    Init {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node to run it on (default: the first bootstrap node).
+        #[arg(long)]
+        node: Option<u64>,
+        /// Keep retrying while nodes start, up to this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Show every node's view: role, term, leader, indexes, state digest.
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Print JSON for machines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Wait up to this many seconds for one leader that every member
+        /// follows, with equal applied indexes; exit 1 if it does not come.
+        #[arg(long)]
+        wait_converged: Option<u64>,
+    },
+    /// Add a node of the fleet file: as a learner first (it catches up
+    /// with the log), then as a voter.
+    AddNode {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node id (must be in the fleet file, with certificate and HSM).
+        node_id: u64,
+        /// Stop after adding it as a learner.
+        #[arg(long)]
+        learner_only: bool,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node id.
+        node_id: u64,
+    },
+    /// Remove a node from the fleet (its id must never be used again).
+    RemoveNode {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node id.
+        node_id: u64,
+    },
+    /// Build a snapshot on a node and purge the log it covers.
+    Snapshot {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The node (default: the leader).
+        #[arg(long)]
+        node: Option<u64>,
+    },
+}
+
+/// Runs a `pki` command.
+pub fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
+    let PkiCommand::Init { fleet, frontends } = cmd;
+    let f = fleet.load()?;
+    let dir = f
+        .tls
+        .fleet_ca
+        .parent()
+        .ok_or_else(|| anyhow!("tls.fleet_ca has no directory"))?
+        .to_owned();
+    let plan = pki::Plan {
+        nodes: f.nodes.keys().copied().collect(),
+        frontends,
+    };
+    let written = pki::ensure(&dir, &plan)?;
+    for expected in [&f.tls.frontend_ca, &f.tls.operator.cert] {
+        if !expected.exists() {
+            bail!(
+                "{} does not exist: the fleet file's tls paths must name files in {} as `vaultctl pki init` lays them out",
+                expected.display(),
+                dir.display()
+            );
+        }
+    }
+    for n in f.nodes.values() {
+        if !n.tls.cert.exists() {
+            bail!(
+                "node {}: {} does not exist (expected in {})",
+                n.id,
+                n.tls.cert.display(),
+                dir.display()
+            );
+        }
+    }
+    if written.is_empty() {
+        eprintln!("all certificates exist in {}", dir.display());
+    }
+    for w in written {
+        eprintln!("wrote {}", w.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a `cluster` command.
+pub fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    vault_raft::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(cluster(cmd))
+}
+
+struct Admin {
+    fleet: Fleet,
+}
+
+impl Admin {
+    fn client(&self, node: u64) -> anyhow::Result<AdminClient<Channel>> {
+        let n = self.fleet.node(node).map_err(anyhow::Error::msg)?;
+        let tls = client_config_for_node(&self.fleet.tls.operator, &self.fleet.tls.fleet_ca, node)?;
+        let channel = Endpoint::from_shared(format!("https://{}", n.peer_addr))?
+            .tls_config(tls)?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(120))
+            .connect_lazy();
+        Ok(AdminClient::new(channel))
+    }
+
+    async fn status(&self, node: u64) -> Result<StatusReply, String> {
+        let mut c = self.client(node).map_err(|e| format!("{e:#}"))?;
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(3));
+        c.status(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))
+    }
+
+    async fn all_status(&self) -> Vec<(u64, Result<StatusReply, String>)> {
+        let calls = self
+            .fleet
+            .nodes
+            .keys()
+            .map(|&id| async move { (id, self.status(id).await) });
+        futures::future::join_all(calls).await
+    }
+
+    /// The leader that the reachable nodes name most, if any.
+    async fn leader(&self) -> anyhow::Result<u64> {
+        let all = self.all_status().await;
+        let mut votes = std::collections::BTreeMap::<u64, usize>::new();
+        for s in all.iter().filter_map(|(_, s)| s.as_ref().ok()) {
+            if s.leader_id != 0 {
+                *votes.entry(s.leader_id).or_default() += 1;
+            }
+        }
+        votes
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(id, _)| id)
+            .ok_or_else(|| anyhow!("no reachable node knows a leader"))
+    }
+
+    /// Runs `call` on the leader, following a leader change a few times.
+    async fn on_leader<F, Fut, T>(&self, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = None;
+        for _ in 0..5 {
+            let leader = match self.leader().await {
+                Ok(l) => l,
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            match call(self.client(leader)?).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+                    ) && s.message().contains("leader") =>
+                {
+                    last = Some(anyhow!("node {leader}: {}", s.message()));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(s) => bail!("node {leader}: {}: {}", code_name(s.code()), s.message()),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role) {
+        Ok(Role::Leader) => "leader",
+        Ok(Role::Follower) => "follower",
+        Ok(Role::Candidate) => "candidate",
+        Ok(Role::Learner) => "learner",
+        Ok(Role::Shutdown) => "shutdown",
+        _ => "?",
+    }
+}
+
+/// One leader named by every reachable member, all members reachable, and
+/// equal applied indexes.
+fn converged(all: &[(u64, Result<StatusReply, String>)]) -> bool {
+    let ok: Vec<&StatusReply> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+    let Some(first) = ok.first() else {
+        return false;
+    };
+    let leader = first.leader_id;
+    let members: Vec<u64> = ok
+        .iter()
+        .find(|s| s.node_id == leader)
+        .map(|s| s.members.iter().map(|m| m.node_id).collect())
+        .unwrap_or_default();
+    leader != 0
+        && !members.is_empty()
+        && members.iter().all(|id| {
+            ok.iter().any(|s| {
+                s.node_id == *id
+                    && s.leader_id == leader
+                    && s.applied_index == first.applied_index
+                    && s.fleet_initialized
+            })
+        })
+        && ok
+            .iter()
+            .filter(|s| members.contains(&s.node_id))
+            .all(|s| s.applied_index == first.applied_index && s.state_digest == first.state_digest)
+}
+
+fn status_json(fleet: &Fleet, all: &[(u64, Result<StatusReply, String>)]) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(id, s)| match s {
+            Ok(s) => json!({
+                "node_id": id,
+                "datacenter": s.datacenter,
+                "reachable": true,
+                "role": role_name(s.role),
+                "term": s.term,
+                "leader_id": (s.leader_id != 0).then_some(s.leader_id),
+                "last_log_index": s.last_log_index,
+                "committed_index": s.committed_index,
+                "applied_index": s.applied_index,
+                "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "state_digest": hex::encode(&s.state_digest),
+                "fleet_initialized": s.fleet_initialized,
+                "ready": s.ready,
+                "members": s.members.iter().map(|m| json!({
+                    "node_id": m.node_id, "datacenter": m.datacenter,
+                    "voter": m.voter, "peer_addr": m.peer_addr,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({
+                "node_id": id,
+                "datacenter": fleet.nodes.get(id).map(|n| n.datacenter.clone()),
+                "reachable": false,
+                "error": e,
+            }),
+        })
+        .collect();
+    let leaders: std::collections::BTreeSet<u64> = all
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .filter(|s| s.role == Role::Leader as i32)
+        .map(|s| s.node_id)
+        .collect();
+    json!({
+        "fleet_id": fleet.fleet_id.as_str(),
+        "leaders": leaders,
+        "converged": converged(all),
+        "nodes": nodes,
+    })
+}
+
+fn status_table(all: &[(u64, Result<StatusReply, String>)]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<10} {:<9} {:>5} {:>6} {:>8} {:>9} {:>8} {:>8}  {:<16} {}",
+        "node",
+        "dc",
+        "role",
+        "term",
+        "leader",
+        "last_log",
+        "committed",
+        "applied",
+        "snapshot",
+        "digest",
+        "ready"
+    );
+    for (id, s) in all {
+        match s {
+            Ok(s) => {
+                let _ = writeln!(
+                    out,
+                    "{:>4}  {:<10} {:<9} {:>5} {:>6} {:>8} {:>9} {:>8} {:>8}  {:<16} {}",
+                    id,
+                    s.datacenter,
+                    role_name(s.role),
+                    s.term,
+                    if s.leader_id == 0 {
+                        "-".to_owned()
+                    } else {
+                        s.leader_id.to_string()
+                    },
+                    s.last_log_index,
+                    s.committed_index,
+                    s.applied_index,
+                    s.snapshot_index,
+                    hex::encode(&s.state_digest[..s.state_digest.len().min(8)]),
+                    if s.ready { "yes" } else { "no" },
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{id:>4}  unreachable: {e}");
+            }
+        }
+    }
+    if let Some(s) = all
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .find(|s| s.role == Role::Leader as i32)
+    {
+        let members: Vec<String> = s
+            .members
+            .iter()
+            .map(|m| format!("{}{}", m.node_id, if m.voter { "" } else { " (learner)" }))
+            .collect();
+        let _ = writeln!(
+            out,
+            "members (per leader {}): {}",
+            s.node_id,
+            members.join(", ")
+        );
+    }
+    out
+}
+
+fn print_membership(r: &MembershipReply) {
+    let members: Vec<String> = r
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{} [{}]{}",
+                m.node_id,
+                m.datacenter,
+                if m.voter { "" } else { " learner" }
+            )
+        })
+        .collect();
+    eprintln!(
+        "membership at log index {}: {}",
+        r.log_index,
+        members.join(", ")
+    );
+}
+
+#[expect(clippy::print_stdout, reason = "status is the command's output")]
+async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ClusterCommand::Init { fleet, node, wait } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            let node = match node {
+                Some(n) => n,
+                None => *admin
+                    .fleet
+                    .bootstrap_voters()
+                    .first()
+                    .ok_or_else(|| anyhow!("no bootstrap node"))?,
+            };
+            let give_up = Instant::now() + Duration::from_secs(wait);
+            loop {
+                let mut client = admin.client(node)?;
+                match client.init(InitRequest {}).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        eprintln!(
+                            "fleet {} initialized: leader node {}, applied index {}",
+                            admin.fleet.fleet_id.as_str(),
+                            r.leader_id,
+                            r.applied_index
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < give_up => {
+                        eprintln!("node {node} not ready ({}); retrying", s.message());
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(s) => bail!(
+                        "init on node {node}: {}: {}",
+                        code_name(s.code()),
+                        s.message()
+                    ),
+                }
+            }
+        }
+        ClusterCommand::Status {
+            fleet,
+            json,
+            wait_converged,
+        } => {
+            let f = fleet.load()?;
+            let admin = Admin { fleet: f };
+            let give_up = Instant::now() + Duration::from_secs(wait_converged.unwrap_or(0));
+            let all = loop {
+                let all = admin.all_status().await;
+                if wait_converged.is_none() || converged(&all) || Instant::now() >= give_up {
+                    break all;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status_json(&admin.fleet, &all))?
+                );
+            } else {
+                print!("{}", status_table(&all));
+            }
+            if wait_converged.is_some() && !converged(&all) {
+                eprintln!("vaultctl: the fleet did not converge in time");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::AddNode {
+            fleet,
+            node_id,
+            learner_only,
+        } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            admin.fleet.node(node_id).map_err(anyhow::Error::msg)?;
+            let r = admin
+                .on_leader(
+                    |mut c| async move { c.add_learner(AddLearnerRequest { node_id }).await },
+                )
+                .await
+                .context("add learner")?;
+            print_membership(&r);
+            if !learner_only {
+                let r = admin
+                    .on_leader(|mut c| async move { c.promote(PromoteRequest { node_id }).await })
+                    .await
+                    .context("promote")?;
+                print_membership(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Promote { fleet, node_id } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            let r = admin
+                .on_leader(|mut c| async move { c.promote(PromoteRequest { node_id }).await })
+                .await?;
+            print_membership(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::RemoveNode { fleet, node_id } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            let r = admin
+                .on_leader(
+                    |mut c| async move { c.remove_node(RemoveNodeRequest { node_id }).await },
+                )
+                .await?;
+            print_membership(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Snapshot { fleet, node } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            let r = match node {
+                Some(n) => admin
+                    .client(n)?
+                    .trigger_snapshot(SnapshotRequest {})
+                    .await
+                    .map_err(|s| anyhow!("node {n}: {}", s.message()))?
+                    .into_inner(),
+                None => {
+                    admin
+                        .on_leader(
+                            |mut c| async move { c.trigger_snapshot(SnapshotRequest {}).await },
+                        )
+                        .await?
+                }
+            };
+            eprintln!("snapshot at index {}", r.snapshot_index);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

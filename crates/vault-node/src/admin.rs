@@ -1,0 +1,362 @@
+//! The admin API (operator only): status, first-start initialization,
+//! membership changes, snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
+use vault_proto::v1::admin_server::Admin;
+use vault_proto::v1::{
+    AddLearnerRequest, InitReply, InitRequest, Member, MembershipReply, PromoteRequest,
+    RemoveNodeRequest, Role, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest,
+};
+use vault_raft::Raft;
+use vault_raft::config::Fleet;
+use vault_raft::peer::Gatekeeper;
+use vault_raft::proposer::{ProposeError, Proposer};
+use vault_storage::StateReader;
+use vault_types::{
+    Command, CommandError, Proposal, Reply, RequestDigest, RequestId, RequestMeta, SealedBytes,
+    Timestamp,
+};
+
+use crate::http::Readiness;
+use crate::metrics::{Metrics, timed_hsm};
+
+/// The admin API of one node.
+pub struct AdminService {
+    /// This node's id.
+    pub node_id: u64,
+    /// The fleet file.
+    pub fleet: Arc<Fleet>,
+    /// The Raft node.
+    pub raft: Raft,
+    /// Reads the applied state.
+    pub reader: StateReader,
+    /// The node's HSM.
+    pub hsm: AsyncHsm<Pkcs11Hsm>,
+    /// Proposes through the leader.
+    pub proposer: Proposer,
+    /// Metrics (HSM timings).
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub ready: Readiness,
+}
+
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Timestamp(ms)
+}
+
+fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::Retryable(m) => Status::unavailable(m),
+        ProposeError::Fatal(m) => Status::internal(m),
+    }
+}
+
+fn write_status(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Status::failed_precondition(format!(
+                "not the leader; ask node {}",
+                f.leader_id
+                    .map_or_else(|| "<unknown>".to_owned(), |l| l.to_string())
+            ))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Status::failed_precondition(c.to_string())
+        }
+        RaftError::Fatal(f) => Status::internal(f.to_string()),
+    }
+}
+
+impl AdminService {
+    fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                node_id: *id,
+                datacenter: self
+                    .fleet
+                    .nodes
+                    .get(id)
+                    .map_or_else(|| "?".to_owned(), |n| n.datacenter.clone()),
+                peer_addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    fn membership_reply(&self, log_index: u64) -> MembershipReply {
+        MembershipReply {
+            log_index,
+            members: self.members(),
+        }
+    }
+
+    fn must_lead(&self) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node_id) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "node {} is not the leader; ask node {}",
+            self.node_id,
+            m.current_leader
+                .map_or_else(|| "<none yet>".to_owned(), |l| l.to_string())
+        )))
+    }
+
+    fn peer_node(&self, id: u64) -> Result<BasicNode, Status> {
+        self.fleet
+            .node(id)
+            .map(|n| BasicNode::new(n.peer_addr.to_string()))
+            .map_err(Status::not_found)
+    }
+
+    /// Commits InitFleet with a fresh server setup drawn from and sealed by
+    /// this node's HSM.
+    async fn commit_init_fleet(&self) -> Result<(), Status> {
+        let seed = timed_hsm(&self.metrics, "random", self.hsm.random(32))
+            .await
+            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        let mut seed_arr = zeroize::Zeroizing::new([0u8; 32]);
+        seed_arr.copy_from_slice(seed.expose());
+        let setup = vault_core::opaque::new_server_setup(*seed_arr);
+        let aad = vault_core::opaque::server_setup_aad(&self.fleet.fleet_id);
+        let sealed = timed_hsm(
+            &self.metrics,
+            "seal",
+            self.hsm.seal(aad, SecretBytes::new(setup.to_vec())),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        let command = Command::InitFleet {
+            fleet_id: self.fleet.fleet_id.clone(),
+            sealed_server_setup: SealedBytes(sealed),
+            max_attempts_cap: self.fleet.max_attempts_cap,
+        };
+        let id = RequestId(rand::random());
+        let proposal = Proposal {
+            request: Some(RequestMeta {
+                id,
+                digest: RequestDigest::of(&[
+                    b"init-fleet",
+                    self.fleet.fleet_id.as_str().as_bytes(),
+                ]),
+            }),
+            at: now(),
+            command,
+        };
+        match self
+            .proposer
+            .propose(proposal)
+            .await
+            .map_err(propose_status)?
+        {
+            Reply::Vault(Ok(_)) => {
+                tracing::info!(fleet = %self.fleet.fleet_id.as_str(), "fleet initialized");
+                Ok(())
+            }
+            Reply::Vault(Err(CommandError::FleetAlreadyInitialized)) => Ok(()),
+            Reply::Vault(Err(e)) => Err(Status::failed_precondition(e.to_string())),
+            Reply::Raft => Err(Status::internal("InitFleet got a Raft reply")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let m = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (applied, digest) = self.reader.digest();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let me = self.fleet.node(self.node_id).map_err(Status::internal)?;
+        Ok(Response::new(StatusReply {
+            node_id: self.node_id,
+            datacenter: me.datacenter.clone(),
+            fleet_id: self.fleet.fleet_id.as_str().to_owned(),
+            role: role as i32,
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: committed.unwrap_or(0),
+            applied_index: applied.unwrap_or(0),
+            state_digest: digest.to_vec(),
+            members: self.members(),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            fleet_initialized: self.reader.with_state(|s| s.fleet().is_some()),
+            ready: self.ready.borrow().is_ok(),
+        }))
+    }
+
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let voters: BTreeMap<u64, BasicNode> = self
+            .fleet
+            .bootstrap_voters()
+            .into_iter()
+            .map(|id| Ok((id, self.peer_node(id)?)))
+            .collect::<Result<_, Status>>()?;
+        if !voters.contains_key(&self.node_id) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a bootstrap node; run init on one that is",
+                self.node_id
+            )));
+        }
+        match self.raft.initialize(voters).await {
+            Ok(()) => tracing::info!("membership bootstrapped"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!("membership already bootstrapped");
+            }
+            Err(e) => return Err(Status::failed_precondition(e.to_string())),
+        }
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| Status::unavailable(format!("no leader elected: {e}")))?;
+        // Read what is committed before deciding whether InitFleet is needed.
+        self.proposer.read_barrier().await.map_err(propose_status)?;
+        if !self.reader.with_state(|s| s.fleet().is_some()) {
+            self.commit_init_fleet().await?;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        Ok(Response::new(InitReply {
+            leader_id: m.current_leader.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        self.must_lead()?;
+        let id = req.into_inner().node_id;
+        let node = self.peer_node(id)?;
+        if self.members().iter().any(|m| m.node_id == id) {
+            return Err(Status::already_exists(format!(
+                "node {id} is already a member"
+            )));
+        }
+        // Blocking: returns once the learner has caught up with the log.
+        let r = self
+            .raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(write_status)?;
+        tracing::info!(node = id, "learner added");
+        Ok(Response::new(self.membership_reply(r.log_id.index)))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        self.must_lead()?;
+        let id = req.into_inner().node_id;
+        match self.members().iter().find(|m| m.node_id == id) {
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} is not a learner; add it first"
+                )));
+            }
+            Some(m) if m.voter => {
+                return Err(Status::already_exists(format!(
+                    "node {id} is already a voter"
+                )));
+            }
+            Some(_) => {}
+        }
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_status)?;
+        tracing::info!(node = id, "promoted to voter");
+        Ok(Response::new(self.membership_reply(r.log_id.index)))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        self.must_lead()?;
+        let id = req.into_inner().node_id;
+        let members = self.members();
+        let change = match members.iter().find(|m| m.node_id == id) {
+            None => return Err(Status::not_found(format!("node {id} is not a member"))),
+            Some(m) if m.voter => {
+                if members.iter().filter(|m| m.voter).count() == 1 {
+                    return Err(Status::failed_precondition("cannot remove the last voter"));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            }
+            Some(_) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+        };
+        let r = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(write_status)?;
+        tracing::info!(node = id, "node removed");
+        Ok(Response::new(self.membership_reply(r.log_id.index)))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let m = self
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
+        Ok(Response::new(SnapshotReply {
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        }))
+    }
+}

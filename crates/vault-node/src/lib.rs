@@ -1,0 +1,16 @@
+//! The vault node: one process per HSM. It serves the peer and admin APIs
+//! (Raft between nodes, operator calls) and the frontend API, keeps the
+//! Raft log and state in RocksDB, and does every secret-key operation in
+//! its HSM.
+//!
+//! - [`node::run`]: wiring, servers, readiness, graceful shutdown;
+//! - [`admin`]: the admin API (status, init, membership, snapshots);
+//! - [`metrics`]: Prometheus metrics and the per-call measuring layer;
+//! - [`http`]: the `/metrics`, `/ready`, `/live` endpoint.
+//!
+//! The fleet file is parsed by `vault_raft::config`.
+
+pub mod admin;
+pub mod http;
+pub mod metrics;
+pub mod node;

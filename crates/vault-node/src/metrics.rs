@@ -1,0 +1,312 @@
+//! Prometheus metrics of a node, and the tower layer that measures every
+//! gRPC call.
+//!
+//! Labels carry method names and outcomes only: never a user id, request
+//! body or anything secret.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use tracing::Instrument;
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// Current Raft term.
+    pub term: IntGauge,
+    /// Id of the leader this node knows, 0 for none.
+    pub leader: IntGauge,
+    /// 1 when this node is the leader.
+    pub is_leader: IntGauge,
+    /// Index of the last log entry.
+    pub last_log_index: IntGauge,
+    /// Highest index known committed.
+    pub committed_index: IntGauge,
+    /// Index of the last applied entry.
+    pub applied_index: IntGauge,
+    /// Index covered by the current snapshot.
+    pub snapshot_index: IntGauge,
+    /// 1 when the node is ready.
+    pub ready: IntGauge,
+    rpc_total: IntCounterVec,
+    rpc_seconds: HistogramVec,
+    hsm_seconds: HistogramVec,
+    forwarded_total: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// A fresh set of metrics for node `node_id`.
+    pub fn new(node_id: u64) -> Arc<Metrics> {
+        let registry = Registry::new_custom(
+            Some("bkv".into()),
+            Some([("node".to_owned(), node_id.to_string())].into()),
+        )
+        .expect("valid registry");
+        let latency = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0,
+        ];
+        let rpc_total = IntCounterVec::new(
+            Opts::new("rpc_total", "gRPC calls served, by method and status code"),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let rpc_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "rpc_seconds",
+                "gRPC call latency, by method and status code",
+            )
+            .buckets(latency.clone()),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let hsm_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hsm_op_seconds",
+                "HSM operation latency, by operation and outcome",
+            )
+            .buckets(latency),
+            &["op", "outcome"],
+        )
+        .expect("valid metric");
+        let forwarded_total = IntCounterVec::new(
+            Opts::new(
+                "forwarded_total",
+                "Commands forwarded to the leader, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for c in [&rpc_total, &forwarded_total] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+        }
+        for h in [&rpc_seconds, &hsm_seconds] {
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
+        }
+        Arc::new(Metrics {
+            term: gauge(&registry, "raft_term", "Current Raft term"),
+            leader: gauge(&registry, "raft_leader", "Id of the known leader (0: none)"),
+            is_leader: gauge(&registry, "raft_is_leader", "1 when this node leads"),
+            last_log_index: gauge(
+                &registry,
+                "raft_last_log_index",
+                "Index of the last log entry",
+            ),
+            committed_index: gauge(
+                &registry,
+                "raft_committed_index",
+                "Highest committed index known",
+            ),
+            applied_index: gauge(
+                &registry,
+                "raft_applied_index",
+                "Index of the last applied entry",
+            ),
+            snapshot_index: gauge(
+                &registry,
+                "raft_snapshot_index",
+                "Index covered by the snapshot",
+            ),
+            ready: gauge(&registry, "ready", "1 when the node is ready to serve"),
+            registry,
+            rpc_total,
+            rpc_seconds,
+            hsm_seconds,
+            forwarded_total,
+        })
+    }
+
+    /// Records one served call.
+    pub fn rpc(&self, method: &str, code: &str, elapsed: Duration) {
+        self.rpc_total.with_label_values(&[method, code]).inc();
+        self.rpc_seconds
+            .with_label_values(&[method, code])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one HSM operation.
+    pub fn hsm(&self, op: &str, ok: bool, elapsed: Duration) {
+        self.hsm_seconds
+            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for registered, valid metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl vault_raft::proposer::ForwardObserver for Metrics {
+    fn forwarded(&self, _leader: u64, ok: bool) {
+        self.forwarded_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+}
+
+/// Times an HSM call into [`Metrics::hsm`].
+pub async fn timed_hsm<T, E>(
+    metrics: &Metrics,
+    op: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let start = Instant::now();
+    let result = call.await;
+    metrics.hsm(op, result.is_ok(), start.elapsed());
+    result
+}
+
+/// A tower layer that counts and times every gRPC call and runs it in a
+/// span naming the node and the method.
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Arc<Metrics>,
+    node_id: u64,
+}
+
+impl RpcLayer {
+    /// Measures into `metrics`.
+    pub fn new(metrics: Arc<Metrics>, node_id: u64) -> RpcLayer {
+        RpcLayer { metrics, node_id }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> RpcService<S> {
+        RpcService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`RpcLayer`].
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    layer: RpcLayer,
+}
+
+/// The gRPC status code name of a response: tonic puts a handler's error in
+/// the headers (a trailers-only response); a success has none there.
+fn code_of(headers: &http::HeaderMap) -> &'static str {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    match tonic::Code::from_i32(code) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+        _ => "OTHER",
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // "/vault.v1.Peer/AppendEntries" -> "Peer/AppendEntries"
+        let path = req.uri().path();
+        let method = path
+            .trim_start_matches('/')
+            .rsplit_once('.')
+            .map_or(path, |(_, m)| m)
+            .to_owned();
+        let span = tracing::info_span!("rpc", node = self.layer.node_id, method = %method);
+        let metrics = self.layer.metrics.clone();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let result = fut.await;
+                let code = match &result {
+                    Ok(resp) => code_of(resp.headers()),
+                    Err(_) => "TRANSPORT",
+                };
+                metrics.rpc(&method, code, start.elapsed());
+                if code != "OK" {
+                    tracing::debug!(code, "call failed");
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_labelled_series() {
+        let m = Metrics::new(3);
+        m.rpc("Peer/Vote", "OK", Duration::from_millis(2));
+        m.hsm("seal", true, Duration::from_micros(20));
+        m.term.set(7);
+        let text = m.render();
+        assert!(text.contains("bkv_raft_term{node=\"3\"} 7"), "{text}");
+        assert!(
+            text.contains("bkv_rpc_total{code=\"OK\",method=\"Peer/Vote\",node=\"3\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bkv_hsm_op_seconds_count{op=\"seal\",outcome=\"ok\",node=\"3\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_codes_are_read_from_headers() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(code_of(&h), "OK");
+        h.insert("grpc-status", http::HeaderValue::from_static("7"));
+        assert_eq!(code_of(&h), "PERMISSION_DENIED");
+    }
+}

@@ -1,0 +1,284 @@
+//! Wiring of one vault node: HSM, storage, Raft, servers, readiness and
+//! shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::storage::RaftLogStorage;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use vault_hsm::{AsyncHsm, HsmConfig, PinSource, Pkcs11Hsm};
+use vault_proto::v1::admin_server::AdminServer;
+use vault_proto::v1::peer_server::PeerServer;
+use vault_raft::Raft;
+use vault_raft::config::{Fleet, HsmModule, NodeConfig};
+use vault_raft::network::{MAX_MESSAGE, Network, PeerChannels};
+use vault_raft::peer::{Gatekeeper, PeerService};
+use vault_raft::proposer::Proposer;
+use vault_raft::tls::server_config;
+
+use crate::admin::AdminService;
+use crate::metrics::{Metrics, RpcLayer};
+
+/// How long a proposal may wait for a leader before the caller is told to
+/// retry.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for in-flight calls.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// openraft's config for `fleet`.
+pub fn raft_config(fleet: &Fleet) -> anyhow::Result<openraft::Config> {
+    let t = &fleet.raft;
+    let config = openraft::Config {
+        cluster_name: fleet.fleet_id.as_str().to_owned(),
+        heartbeat_interval: t.heartbeat.as_millis() as u64,
+        election_timeout_min: t.election_min.as_millis() as u64,
+        election_timeout_max: t.election_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: t.keep_logs_after_snapshot,
+        install_snapshot_timeout: t.election_max.as_millis() as u64 * 4,
+        ..Default::default()
+    };
+    Ok(config.validate()?)
+}
+
+fn open_hsm(node: &NodeConfig) -> anyhow::Result<Pkcs11Hsm> {
+    let module = match &node.hsm.module {
+        HsmModule::SoftHsm => vault_hsm::softhsm::find_module()?,
+        HsmModule::Path(p) => p.clone(),
+    };
+    let config = HsmConfig {
+        module,
+        token_label: node.hsm.token_label.clone(),
+        pin: PinSource::File(node.hsm.pin_file.clone()),
+        sessions: node.hsm.sessions,
+    };
+    Pkcs11Hsm::open(&config).with_context(|| format!("open HSM token {:?}", node.hsm.token_label))
+}
+
+fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpIncoming> {
+    // tonic's serve_with_incoming ignores the builder's nodelay: set it on
+    // the incoming stream, or every TLS handshake waits ~40 ms on Nagle.
+    Ok(TcpIncoming::bind(addr)
+        .with_context(|| format!("bind the {what} address {addr}"))?
+        .with_nodelay(Some(true)))
+}
+
+/// Runs node `node_id` of `fleet` until SIGTERM or SIGINT, then shuts down
+/// gracefully: stop accepting, finish in-flight calls, stop Raft, close the
+/// database.
+pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
+    let fleet = Arc::new(fleet);
+    let me = fleet.node(node_id).map_err(anyhow::Error::msg)?.clone();
+    let metrics = Metrics::new(node_id);
+
+    tracing::info!(datacenter = %me.datacenter, "opening the HSM");
+    let hsm = {
+        let me = me.clone();
+        tokio::task::spawn_blocking(move || open_hsm(&me)).await??
+    };
+    let hsm = AsyncHsm::new(Arc::new(hsm));
+
+    std::fs::create_dir_all(&me.data_dir)
+        .with_context(|| format!("create data dir {}", me.data_dir.display()))?;
+    let (mut log, sm) = {
+        let dir = me.data_dir.clone();
+        tokio::task::spawn_blocking(move || vault_storage::open(&dir))
+            .await?
+            .with_context(|| format!("open the database in {}", me.data_dir.display()))?
+    };
+    let committed_at_start = log.read_committed().await?.map_or(0, |l| l.index);
+    let reader = sm.reader();
+    tracing::info!(committed_at_start, "storage open");
+
+    let channels = PeerChannels::new(me.tls.clone(), fleet.tls.fleet_ca.clone());
+    let raft = Raft::new(
+        node_id,
+        Arc::new(raft_config(&fleet)?),
+        Network::new(node_id, channels.clone()),
+        log,
+        sm,
+    )
+    .await
+    .context("start Raft")?;
+    let proposer = Proposer::new(raft.clone(), channels, PROPOSE_DEADLINE, metrics.clone());
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(Err("starting".to_owned()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+
+    let gate = Gatekeeper::new(raft.clone(), fleet.nodes.keys().copied().collect());
+    let admin = AdminService {
+        node_id,
+        fleet: fleet.clone(),
+        raft: raft.clone(),
+        reader,
+        hsm,
+        proposer,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+
+    let peer_incoming = bind(me.peer_addr, "peer")?;
+    let front_incoming = bind(me.frontend_addr, "frontend")?;
+    let metrics_listener = tokio::net::TcpListener::bind(me.metrics_addr)
+        .await
+        .with_context(|| format!("bind the metrics address {}", me.metrics_addr))?;
+
+    let peer_server = Server::builder()
+        .tls_config(server_config(&me.tls, &fleet.tls.fleet_ca)?)?
+        .timeout(Duration::from_secs(120))
+        .layer(RpcLayer::new(metrics.clone(), node_id))
+        .add_service(
+            PeerServer::new(PeerService::new(raft.clone(), gate))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(AdminServer::new(admin))
+        .add_service(health_service.clone())
+        .serve_with_incoming_shutdown(peer_incoming, stopped(stop.clone()));
+    let front_server = Server::builder()
+        .tls_config(server_config(&me.tls, &fleet.tls.frontend_ca)?)?
+        .timeout(Duration::from_secs(30))
+        .layer(RpcLayer::new(metrics.clone(), node_id))
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(front_incoming, stopped(stop.clone()));
+    let http = crate::http::serve(
+        metrics_listener,
+        metrics.clone(),
+        ready.clone(),
+        stop.clone(),
+    );
+    tracing::info!(
+        peer = %me.peer_addr, frontend = %me.frontend_addr, metrics = %me.metrics_addr,
+        "serving"
+    );
+
+    tokio::spawn(watch_signals(stop_tx.clone()));
+    tokio::spawn(track(
+        raft.clone(),
+        metrics.clone(),
+        committed_at_start,
+        ready_tx,
+        health,
+        stop.clone(),
+    ));
+
+    let servers = async {
+        let (p, f, ()) = tokio::join!(peer_server, front_server, http);
+        p.context("peer server")?;
+        f.context("frontend server")?;
+        anyhow::Ok(())
+    };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        r = &mut servers => r,
+        () = stopped(stop.clone()) => {
+            tracing::info!("shutting down: no new calls; finishing in-flight ones");
+            match tokio::time::timeout(DRAIN_DEADLINE, &mut servers).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("in-flight calls did not finish in {DRAIN_DEADLINE:?}; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("stop Raft: {e}"))?;
+    drop(raft);
+    tracing::info!("stopped cleanly");
+    result
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    crate::http::stop_requested(&mut stop).await;
+}
+
+async fn watch_signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    let _ = stop.send(true);
+}
+
+/// Keeps metrics, readiness and gRPC health in step with Raft. Ready = a
+/// leader is known and everything committed when the node started is
+/// applied.
+async fn track(
+    raft: Raft,
+    metrics: Arc<Metrics>,
+    committed_at_start: u64,
+    ready_tx: watch::Sender<Result<(), String>>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rx = raft.metrics();
+    let mut was_ready = false;
+    loop {
+        let m = rx.borrow_and_update().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        metrics.term.set(m.current_term as i64);
+        metrics.leader.set(m.current_leader.unwrap_or(0) as i64);
+        metrics
+            .is_leader
+            .set(i64::from(m.current_leader == Some(m.id)));
+        metrics
+            .last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        metrics.applied_index.set(applied as i64);
+        metrics
+            .snapshot_index
+            .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        if let Ok(c) = raft
+            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+            .await
+        {
+            metrics.committed_index.set(c as i64);
+        }
+        let readiness = if m.current_leader.is_none() {
+            Err("no leader known".to_owned())
+        } else if applied < committed_at_start {
+            Err(format!(
+                "applied {applied} of the {committed_at_start} committed at start"
+            ))
+        } else {
+            Ok(())
+        };
+        let is_ready = readiness.is_ok();
+        metrics.ready.set(i64::from(is_ready));
+        if is_ready != was_ready {
+            let status = if is_ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            tracing::info!(ready = is_ready, leader = ?m.current_leader, term = m.current_term, "readiness changed");
+            was_ready = is_ready;
+        }
+        let _ = ready_tx.send(readiness);
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = crate::http::stop_requested(&mut stop) => return,
+        }
+    }
+}

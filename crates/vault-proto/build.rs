@@ -1,0 +1,13 @@
+//! Compiles proto/vault/v1 with a vendored protoc (no system protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["vault/v1/peer.proto", "vault/v1/admin.proto"].map(|f| root.join(f));
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(config, &files, &[root])?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Generated gRPC code of the vault's protocols (`proto/vault/v1`): the peer
+//! API between nodes and the operator's admin API.
+//!
+//! The generated items carry the `.proto` comments as their docs; see
+//! `proto/vault/v1/*.proto` for what each message means.
+
+/// `package vault.v1`.
+pub mod v1 {
+    #![allow(
+        missing_docs,
+        reason = "generated code; documented in the .proto files"
+    )]
+    #![allow(clippy::all, reason = "generated code")]
+    tonic::include_proto!("vault.v1");
+}

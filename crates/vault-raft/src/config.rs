@@ -1,0 +1,469 @@
+//! The fleet file: one versioned TOML file describes every node of a fleet.
+//!
+//! [`Fleet::load`] reads it, refuses unknown fields, resolves relative paths
+//! against the fleet directory (`--fleet-dir`, where keys, tokens and data
+//! live) and validates everything into typed values, so a node never starts
+//! on a config it would misread. See `cluster-configs/` for examples and
+//! README.md for every field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vault_types::FleetId;
+
+use crate::tls::CertFiles;
+
+/// The config format this build reads.
+pub const VERSION: u32 = 1;
+
+/// The largest `max_attempts_cap` a fleet may set.
+pub const MAX_ATTEMPTS_CAP_LIMIT: u32 = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    version: u32,
+    fleet_id: String,
+    max_attempts_cap: u32,
+    raft: RaftFile,
+    tls: TlsFile,
+    node: Vec<NodeFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaftFile {
+    profile: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_after_logs: Option<u64>,
+    keep_logs_after_snapshot: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    fleet_ca: PathBuf,
+    frontend_ca: PathBuf,
+    operator_cert: PathBuf,
+    operator_key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: u64,
+    datacenter: String,
+    frontend_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    data_dir: PathBuf,
+    #[serde(default = "yes")]
+    bootstrap: bool,
+    hsm: HsmFile,
+    tls: CertFile,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HsmFile {
+    module: String,
+    softhsm_dir: Option<PathBuf>,
+    token_label: String,
+    pin_file: PathBuf,
+    sessions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFile {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A validated fleet file.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    /// The fleet's name.
+    pub fleet_id: FleetId,
+    /// The most attempts any registration may ask for.
+    pub max_attempts_cap: u32,
+    /// Raft timers and log compaction.
+    pub raft: RaftTimers,
+    /// CA certificates and the operator's certificate.
+    pub tls: FleetTls,
+    /// Every node, by id.
+    pub nodes: BTreeMap<u64, NodeConfig>,
+}
+
+/// Raft timers and log compaction settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTimers {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout, lower bound.
+    pub election_min: Duration,
+    /// Election timeout, upper bound.
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_logs: u64,
+    /// Keep this many log entries behind a snapshot for slow followers.
+    pub keep_logs_after_snapshot: u64,
+}
+
+impl RaftTimers {
+    /// For nodes on one LAN (round trips well under 1 ms).
+    pub fn lan() -> RaftTimers {
+        RaftTimers {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            snapshot_after_logs: 10_000,
+            keep_logs_after_snapshot: 1_000,
+        }
+    }
+
+    /// For nodes over a WAN with 50–150 ms round trips: a heartbeat of a few
+    /// round trips, an election timeout of about ten.
+    pub fn wan() -> RaftTimers {
+        RaftTimers {
+            heartbeat: Duration::from_millis(500),
+            election_min: Duration::from_millis(1500),
+            election_max: Duration::from_millis(3000),
+            snapshot_after_logs: 10_000,
+            keep_logs_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Paths of the fleet's trust anchors and the operator's certificate.
+#[derive(Clone, Debug)]
+pub struct FleetTls {
+    /// The fleet CA: node certificates and the operator's.
+    pub fleet_ca: PathBuf,
+    /// The frontend CA: frontend client certificates.
+    pub frontend_ca: PathBuf,
+    /// The operator's client certificate (used by `vaultctl cluster`).
+    pub operator: CertFiles,
+}
+
+/// Where a node's PKCS#11 module is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HsmModule {
+    /// SoftHSM2, looked up in the usual install paths.
+    SoftHsm,
+    /// A module at this path.
+    Path(PathBuf),
+}
+
+/// A node's HSM.
+#[derive(Clone, Debug)]
+pub struct NodeHsm {
+    /// The PKCS#11 module.
+    pub module: HsmModule,
+    /// For SoftHSM: the directory with this node's `softhsm2.conf` and
+    /// tokens (SoftHSM reads its config once per process, so each node has
+    /// its own).
+    pub softhsm_dir: Option<PathBuf>,
+    /// The token label.
+    pub token_label: String,
+    /// The file with the user PIN (mode 0600).
+    pub pin_file: PathBuf,
+    /// How many PKCS#11 sessions to open.
+    pub sessions: usize,
+}
+
+/// One node of the fleet.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Its id (never reused).
+    pub id: u64,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// Where frontends call it.
+    pub frontend_addr: SocketAddr,
+    /// Where peers and the operator call it.
+    pub peer_addr: SocketAddr,
+    /// Where Prometheus scrapes it (`/metrics`, `/ready`).
+    pub metrics_addr: SocketAddr,
+    /// Its RocksDB directory.
+    pub data_dir: PathBuf,
+    /// Whether it is a voter when the fleet is first initialized (others
+    /// join later with `vaultctl cluster add-node`).
+    pub bootstrap: bool,
+    /// Its HSM.
+    pub hsm: NodeHsm,
+    /// Its certificate (server and client of the peer API).
+    pub tls: CertFiles,
+}
+
+/// The fleet file is unreadable or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown or missing fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said (with line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Fleet {
+    /// Reads and validates the fleet file at `path`; relative paths in it
+    /// are resolved against `fleet_dir`.
+    pub fn load(path: &Path, fleet_dir: &Path) -> Result<Fleet, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Fleet::parse(&text, fleet_dir).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates fleet-file text (see [`Fleet::load`]).
+    pub fn parse(text: &str, fleet_dir: &Path) -> Result<Fleet, ConfigError> {
+        let file: FleetFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        validate(file, fleet_dir).map_err(|message| ConfigError::Invalid {
+            path: PathBuf::from("<text>"),
+            message,
+        })
+    }
+
+    /// Node `id`, or an error naming the ids there are.
+    pub fn node(&self, id: u64) -> Result<&NodeConfig, String> {
+        self.nodes.get(&id).ok_or_else(|| {
+            let ids: Vec<String> = self.nodes.keys().map(u64::to_string).collect();
+            format!(
+                "node {id} is not in the fleet file (nodes: {})",
+                ids.join(", ")
+            )
+        })
+    }
+
+    /// The nodes that are voters of a freshly initialized fleet.
+    pub fn bootstrap_voters(&self) -> BTreeSet<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.bootstrap)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Whether the bootstrap voters keep a majority after losing any one
+    /// datacenter (the point of spreading a fleet).
+    pub fn survives_loss_of_any_datacenter(&self) -> bool {
+        let voters: Vec<&NodeConfig> = self.nodes.values().filter(|n| n.bootstrap).collect();
+        let dcs: BTreeSet<&str> = voters.iter().map(|n| n.datacenter.as_str()).collect();
+        let majority = voters.len() / 2 + 1;
+        dcs.iter()
+            .all(|dc| voters.iter().filter(|n| n.datacenter != *dc).count() >= majority)
+    }
+}
+
+fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
+    if f.version != VERSION {
+        return Err(format!(
+            "config version {} is not supported (this build reads version {VERSION})",
+            f.version
+        ));
+    }
+    let fleet_id = FleetId::new(f.fleet_id).map_err(|e| format!("fleet_id: {e}"))?;
+    if !(1..=MAX_ATTEMPTS_CAP_LIMIT).contains(&f.max_attempts_cap) {
+        return Err(format!(
+            "max_attempts_cap must be 1..={MAX_ATTEMPTS_CAP_LIMIT}, not {}",
+            f.max_attempts_cap
+        ));
+    }
+    let raft = raft_timers(&f.raft)?;
+    let resolve = |p: &Path| dir.join(p);
+    let tls = FleetTls {
+        fleet_ca: resolve(&f.tls.fleet_ca),
+        frontend_ca: resolve(&f.tls.frontend_ca),
+        operator: CertFiles {
+            cert: resolve(&f.tls.operator_cert),
+            key: resolve(&f.tls.operator_key),
+        },
+    };
+    if f.node.is_empty() {
+        return Err("the fleet has no [[node]]".into());
+    }
+    let mut nodes = BTreeMap::new();
+    let mut addrs = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    let mut data_dirs = BTreeSet::new();
+    for n in f.node {
+        let at = format!("node {}", n.id);
+        if n.id == 0 {
+            return Err("node id 0 is not allowed (ids start at 1)".into());
+        }
+        if n.datacenter.trim().is_empty() {
+            return Err(format!("{at}: datacenter is empty"));
+        }
+        for (what, a) in [
+            ("frontend_addr", n.frontend_addr),
+            ("peer_addr", n.peer_addr),
+            ("metrics_addr", n.metrics_addr),
+        ] {
+            if a.port() == 0 {
+                return Err(format!("{at}: {what} needs a port"));
+            }
+            if !addrs.insert(a) {
+                return Err(format!("{at}: {what} {a} is used twice in the fleet"));
+            }
+        }
+        if n.hsm.token_label.is_empty() || n.hsm.token_label.len() > 32 {
+            return Err(format!("{at}: hsm.token_label must be 1..=32 bytes"));
+        }
+        let sessions = n.hsm.sessions.unwrap_or(4);
+        if !(1..=64).contains(&sessions) {
+            return Err(format!("{at}: hsm.sessions must be 1..=64"));
+        }
+        let module = match n.hsm.module.as_str() {
+            "" => return Err(format!("{at}: hsm.module is empty")),
+            "softhsm" => HsmModule::SoftHsm,
+            path => HsmModule::Path(resolve(Path::new(path))),
+        };
+        let softhsm_dir = n.hsm.softhsm_dir.as_deref().map(resolve);
+        if let Some(d) = &softhsm_dir {
+            // Two nodes in one SoftHSM dir would share tokens by label.
+            if !labels.insert((Some(d.clone()), n.hsm.token_label.clone())) {
+                return Err(format!(
+                    "{at}: its SoftHSM dir and token label are another node's"
+                ));
+            }
+        }
+        let data_dir = resolve(&n.data_dir);
+        if !data_dirs.insert(data_dir.clone()) {
+            return Err(format!(
+                "{at}: data_dir {} is another node's",
+                data_dir.display()
+            ));
+        }
+        let node = NodeConfig {
+            id: n.id,
+            datacenter: n.datacenter,
+            frontend_addr: n.frontend_addr,
+            peer_addr: n.peer_addr,
+            metrics_addr: n.metrics_addr,
+            data_dir,
+            bootstrap: n.bootstrap,
+            hsm: NodeHsm {
+                module,
+                softhsm_dir,
+                token_label: n.hsm.token_label,
+                pin_file: resolve(&n.hsm.pin_file),
+                sessions,
+            },
+            tls: CertFiles {
+                cert: resolve(&n.tls.cert),
+                key: resolve(&n.tls.key),
+            },
+        };
+        if nodes.insert(n.id, node).is_some() {
+            return Err(format!("node id {} is used twice", n.id));
+        }
+    }
+    if !nodes.values().any(|n| n.bootstrap) {
+        return Err("no node has bootstrap = true, so the fleet could never start".into());
+    }
+    Ok(Fleet {
+        fleet_id,
+        max_attempts_cap: f.max_attempts_cap,
+        raft,
+        tls,
+        nodes,
+    })
+}
+
+fn raft_timers(r: &RaftFile) -> Result<RaftTimers, String> {
+    let explicit = [
+        r.heartbeat_ms,
+        r.election_timeout_min_ms,
+        r.election_timeout_max_ms,
+    ];
+    let mut t = match (r.profile.as_deref(), explicit) {
+        (Some("lan"), [None, None, None]) => RaftTimers::lan(),
+        (Some("wan"), [None, None, None]) => RaftTimers::wan(),
+        (Some(p @ ("lan" | "wan")), _) => {
+            return Err(format!(
+                "raft: profile = \"{p}\" sets the timers; drop heartbeat_ms/election_timeout_*_ms or the profile"
+            ));
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "raft.profile must be \"lan\" or \"wan\", not \"{other}\""
+            ));
+        }
+        (None, [Some(h), Some(lo), Some(hi)]) => RaftTimers {
+            heartbeat: Duration::from_millis(h),
+            election_min: Duration::from_millis(lo),
+            election_max: Duration::from_millis(hi),
+            ..RaftTimers::lan()
+        },
+        (None, _) => {
+            return Err(
+                "raft: set profile = \"lan\" | \"wan\", or all of heartbeat_ms, election_timeout_min_ms, election_timeout_max_ms".into(),
+            );
+        }
+    };
+    if t.heartbeat.is_zero() || t.heartbeat * 3 > t.election_min {
+        return Err(
+            "raft: heartbeat_ms must be > 0 and at most a third of election_timeout_min_ms".into(),
+        );
+    }
+    if t.election_min >= t.election_max {
+        return Err("raft: election_timeout_min_ms must be below election_timeout_max_ms".into());
+    }
+    if let Some(n) = r.snapshot_after_logs {
+        if n == 0 {
+            return Err("raft.snapshot_after_logs must be > 0".into());
+        }
+        t.snapshot_after_logs = n;
+    }
+    if let Some(n) = r.keep_logs_after_snapshot {
+        t.keep_logs_after_snapshot = n;
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,162 @@
+use super::*;
+
+const GOOD: &str = r#"
+version = 1
+fleet_id = "test"
+max_attempts_cap = 10
+
+[raft]
+profile = "lan"
+
+[tls]
+fleet_ca = "pki/fleet-ca.pem"
+frontend_ca = "pki/frontend-ca.pem"
+operator_cert = "pki/operator.pem"
+operator_key = "pki/operator.key"
+
+[[node]]
+id = 1
+datacenter = "dc-a"
+frontend_addr = "127.0.0.1:7101"
+peer_addr = "127.0.0.1:7201"
+metrics_addr = "127.0.0.1:7301"
+data_dir = "node-1/data"
+hsm = { module = "softhsm", softhsm_dir = "hsm/node-1", token_label = "node-1", pin_file = "secrets/node-1.user.pin" }
+tls = { cert = "pki/node-1.pem", key = "pki/node-1.key" }
+
+[[node]]
+id = 2
+datacenter = "dc-b"
+frontend_addr = "127.0.0.1:7102"
+peer_addr = "127.0.0.1:7202"
+metrics_addr = "127.0.0.1:7302"
+data_dir = "node-2/data"
+bootstrap = false
+hsm = { module = "/opt/hsm/lib.so", token_label = "node-2", pin_file = "/etc/pin" }
+tls = { cert = "pki/node-2.pem", key = "pki/node-2.key" }
+"#;
+
+fn parse(text: &str) -> Result<Fleet, String> {
+    Fleet::parse(text, Path::new("/fleet")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_good_file_becomes_typed_config_with_resolved_paths() {
+    let f = parse(GOOD).unwrap();
+    assert_eq!(f.fleet_id.as_str(), "test");
+    assert_eq!(f.raft, RaftTimers::lan());
+    let n1 = f.node(1).unwrap();
+    assert_eq!(n1.data_dir, Path::new("/fleet/node-1/data"));
+    assert_eq!(n1.hsm.module, HsmModule::SoftHsm);
+    assert_eq!(
+        n1.hsm.softhsm_dir.as_deref(),
+        Some(Path::new("/fleet/hsm/node-1"))
+    );
+    assert_eq!(n1.hsm.sessions, 4);
+    let n2 = f.node(2).unwrap();
+    assert_eq!(n2.hsm.module, HsmModule::Path("/opt/hsm/lib.so".into()));
+    assert_eq!(n2.hsm.pin_file, Path::new("/etc/pin"));
+    assert!(!n2.bootstrap);
+    assert_eq!(f.bootstrap_voters(), BTreeSet::from([1]));
+    assert!(f.node(3).unwrap_err().contains("nodes: 1, 2"));
+}
+
+#[test]
+fn bad_files_are_refused_with_a_reason() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("version = 1", "version = 2", "version 2 is not supported"),
+        (
+            "max_attempts_cap = 10",
+            "max_attempts_cap = 0",
+            "max_attempts_cap",
+        ),
+        (
+            "max_attempts_cap = 10",
+            "max_attempts_cap = 10\ncolour = 1",
+            "unknown field `colour`",
+        ),
+        (
+            "profile = \"lan\"",
+            "profile = \"moon\"",
+            "\"lan\" or \"wan\"",
+        ),
+        ("profile = \"lan\"", "heartbeat_ms = 100", "set profile"),
+        (
+            "profile = \"lan\"",
+            "heartbeat_ms = 400\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 900",
+            "a third",
+        ),
+        (
+            "profile = \"lan\"",
+            "heartbeat_ms = 10\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 500",
+            "below",
+        ),
+        (
+            "profile = \"lan\"",
+            "profile = \"lan\"\nheartbeat_ms = 5",
+            "drop heartbeat_ms",
+        ),
+        ("id = 2", "id = 1", "used twice"),
+        ("id = 2", "id = 0", "id 0"),
+        (
+            "peer_addr = \"127.0.0.1:7202\"",
+            "peer_addr = \"127.0.0.1:7101\"",
+            "used twice",
+        ),
+        (
+            "peer_addr = \"127.0.0.1:7202\"",
+            "peer_addr = \"127.0.0.1:0\"",
+            "needs a port",
+        ),
+        (
+            "peer_addr = \"127.0.0.1:7202\"",
+            "peer_addr = \"here\"",
+            "peer_addr",
+        ),
+        (
+            "datacenter = \"dc-b\"",
+            "datacenter = \" \"",
+            "datacenter is empty",
+        ),
+        (
+            "data_dir = \"node-2/data\"",
+            "data_dir = \"node-1/data\"",
+            "another node's",
+        ),
+        ("fleet_id = \"test\"", "fleet_id = \"\"", "fleet_id"),
+        (
+            "token_label = \"node-2\"",
+            "token_label = \"\"",
+            "token_label",
+        ),
+        (
+            "module = \"/opt/hsm/lib.so\"",
+            "module = \"\"",
+            "hsm.module is empty",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(GOOD.contains(from), "{from}");
+        let text = GOOD.replacen(from, to, 1);
+        let err = parse(&text).expect_err(to);
+        assert!(err.contains(expect), "{to}: {err}");
+    }
+    let no_bootstrap = GOOD.replacen("id = 1\n", "id = 1\nbootstrap = false\n", 1);
+    assert!(parse(&no_bootstrap).unwrap_err().contains("bootstrap"));
+}
+
+#[test]
+fn datacenter_loss_check_counts_majorities() {
+    let mut f = parse(GOOD).unwrap();
+    // One voter in one datacenter: losing it loses the fleet.
+    assert!(!f.survives_loss_of_any_datacenter());
+    for (id, dc) in [(2, "dc-b"), (3, "dc-c")] {
+        let mut n = f.node(1).unwrap().clone();
+        n.id = id;
+        n.datacenter = dc.into();
+        f.nodes.insert(id, n);
+    }
+    assert!(f.survives_loss_of_any_datacenter());
+    f.nodes.get_mut(&3).unwrap().datacenter = "dc-a".into();
+    assert!(!f.survives_loss_of_any_datacenter());
+}

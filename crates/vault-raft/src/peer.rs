@@ -1,0 +1,230 @@
+//! The server side of the peer API, with the caller checks.
+//!
+//! TLS has already verified the caller's certificate against the fleet CA.
+//! Here every call additionally needs the certificate to name a node
+//! ([`crate::identity`]) that is a member of the fleet as this node knows it
+//! (any node of the fleet file while this node has no membership yet, so a
+//! new node can be reached by the leader). Where a message claims to come
+//! from a node (a leader's vote in AppendEntries and InstallSnapshot, a
+//! candidate's in Vote), the certificate must name that very node: node 2
+//! cannot speak as node 3.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Snapshot, Vote};
+use tonic::{Request, Response, Status, Streaming};
+use vault_proto::v1::peer_server::Peer;
+use vault_proto::v1::{
+    ForwardReply, ForwardRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, SnapshotChunk,
+};
+use vault_types::codec;
+
+use crate::identity::{Identity, identity_of};
+use crate::network::SnapshotHeader;
+use crate::{Raft, wire};
+
+/// The largest snapshot a node accepts (the state is held in memory).
+pub const MAX_SNAPSHOT: usize = 1 << 30;
+
+/// Who may call a node, as the node sees it right now.
+#[derive(Clone)]
+pub struct Gatekeeper {
+    raft: Raft,
+    fleet_nodes: BTreeSet<u64>,
+}
+
+impl Gatekeeper {
+    /// Checks callers against `raft`'s membership; `fleet_nodes` are the
+    /// nodes of the fleet file.
+    pub fn new(raft: Raft, fleet_nodes: BTreeSet<u64>) -> Gatekeeper {
+        Gatekeeper { raft, fleet_nodes }
+    }
+
+    /// The identity in the caller's (TLS-verified) certificate.
+    pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        identity_of(leaf).map_err(|e| Status::permission_denied(e.to_string()))
+    }
+
+    /// The caller must be the operator.
+    pub fn operator<T>(req: &Request<T>) -> Result<(), Status> {
+        match Self::caller(req)? {
+            Identity::Operator => Ok(()),
+            other => Err(Status::permission_denied(format!(
+                "{other} may not call the admin API"
+            ))),
+        }
+    }
+
+    /// The caller must be a member node; returns its id.
+    pub fn member_node<T>(&self, req: &Request<T>) -> Result<u64, Status> {
+        let id = match Self::caller(req)? {
+            Identity::Node(id) => id,
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "{other} may not call the peer API"
+                )));
+            }
+        };
+        if !self.fleet_nodes.contains(&id) {
+            return Err(Status::permission_denied(format!(
+                "node {id} is not in this node's fleet file"
+            )));
+        }
+        let metrics = self.raft.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        let mut members = membership
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .peekable();
+        if members.peek().is_some() && !members.any(|m| m == id) {
+            return Err(Status::permission_denied(format!(
+                "node {id} is not a member of the fleet"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// The caller must be the member node that `vote` names.
+    fn speaks_for(&self, caller: u64, vote: &Vote<u64>) -> Result<(), Status> {
+        match vote.leader_id().voted_for() {
+            Some(n) if n == caller => Ok(()),
+            claimed => Err(Status::permission_denied(format!(
+                "node {caller} may not speak for node {}",
+                claimed.map_or_else(|| "<none>".to_owned(), |n| n.to_string())
+            ))),
+        }
+    }
+}
+
+/// The peer API of one node.
+pub struct PeerService {
+    raft: Raft,
+    gate: Gatekeeper,
+}
+
+impl PeerService {
+    /// Serves `raft` to callers that `gate` lets in.
+    pub fn new(raft: Raft, gate: Gatekeeper) -> PeerService {
+        PeerService { raft, gate }
+    }
+}
+
+fn bad_message(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let caller = self.gate.member_node(&req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
+            wire::decode(&req.into_inner().payload).map_err(bad_message)?;
+        self.gate.speaks_for(caller, &rpc.vote)?;
+        let result = self.raft.append_entries(rpc).await;
+        Ok(Response::new(RaftMessage {
+            payload: wire::encode(&result),
+        }))
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let caller = self.gate.member_node(&req)?;
+        let rpc: openraft::raft::VoteRequest<u64> =
+            wire::decode(&req.into_inner().payload).map_err(bad_message)?;
+        self.gate.speaks_for(caller, &rpc.vote)?;
+        let result = self.raft.vote(rpc).await;
+        Ok(Response::new(RaftMessage {
+            payload: wire::encode(&result),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let caller = self.gate.member_node(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| bad_message("empty snapshot stream"))?;
+        let (vote, meta): SnapshotHeader = wire::decode(&first.header).map_err(bad_message)?;
+        self.gate.speaks_for(caller, &vote)?;
+        let mut data = first.data;
+        while let Some(piece) = stream.message().await? {
+            if !piece.header.is_empty() {
+                return Err(bad_message("a snapshot header after the first piece"));
+            }
+            if data.len() + piece.data.len() > MAX_SNAPSHOT {
+                return Err(Status::resource_exhausted(
+                    "snapshot larger than this node accepts",
+                ));
+            }
+            data.extend_from_slice(&piece.data);
+        }
+        tracing::info!(from = caller, snapshot = %meta.snapshot_id, bytes = data.len(), "installing a snapshot");
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
+        let result = self.raft.install_full_snapshot(vote, snapshot).await;
+        Ok(Response::new(RaftMessage {
+            payload: wire::encode(&result),
+        }))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let caller = self.gate.member_node(&req)?;
+        let proposal = codec::decode_proposal(&req.into_inner().proposal).map_err(bad_message)?;
+        tracing::debug!(from = caller, "forwarded command");
+        match self.raft.client_write(proposal).await {
+            Ok(written) => Ok(Response::new(ForwardReply {
+                reply: codec::encode(codec::VALUE_V1, &written.data)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Status::unavailable(format!(
+                    "not the leader (leader: {}); retry",
+                    f.leader_id
+                        .map_or_else(|| "unknown".to_owned(), |l| l.to_string())
+                )))
+            }
+            Err(e) => Err(Status::unavailable(format!(
+                "the command did not commit: {e}; retry"
+            ))),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        self.gate.member_node(&req)?;
+        match self.raft.ensure_linearizable().await {
+            Ok(read) => Ok(Response::new(ReadIndexReply {
+                read_index: read.map_or(0, |l| l.index),
+                leader_id: self.raft.metrics().borrow().id,
+            })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Status::unavailable("not the leader; retry"))
+            }
+            Err(e) => Err(Status::unavailable(format!(
+                "leadership not confirmed: {e}; retry"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! A fleet of real node processes for one test.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::process::{Bins, free_ports, signal};
+
+/// What a test fleet looks like.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Nodes in the fleet file (ids 1..=nodes).
+    pub nodes: u64,
+    /// The first `bootstrap` of them are voters at init; the others join
+    /// later with `vaultctl cluster add-node`.
+    pub bootstrap: u64,
+    /// Build a snapshot after this many entries (small values make tests of
+    /// log purging and snapshot install quick).
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot.
+    pub keep_logs_after_snapshot: u64,
+}
+
+impl FleetSpec {
+    /// `n` nodes, all voters, default compaction.
+    pub fn voters(n: u64) -> FleetSpec {
+        FleetSpec {
+            nodes: n,
+            bootstrap: n,
+            snapshot_after_logs: 10_000,
+            keep_logs_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Election timeout bounds the test fleet file sets (ms).
+pub const ELECTION_MS: (u64, u64) = (500, 1000);
+
+/// HSM tokens, PINs and certificates for up to `nodes` nodes, provisioned
+/// once and copied into each [`TestFleet`].
+pub struct Template {
+    dir: TempDir,
+    nodes: u64,
+    bins: Bins,
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn write_pin(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pin: String = (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(pin.as_bytes())?;
+    Ok(())
+}
+
+impl Template {
+    /// Provisions SoftHSM tokens for nodes 1..=`nodes` (node 1 makes the
+    /// KEK; the ceremony copies it to the others), PIN files and every
+    /// certificate. Takes a few seconds.
+    pub fn provision(nodes: u64) -> anyhow::Result<Template> {
+        let bins = Bins::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("bkv-fleet-template-")
+            .tempdir()?;
+        let root = dir.path().to_owned();
+        let root = root.as_path();
+        std::fs::create_dir_all(root.join("secrets"))?;
+        for n in 1..=nodes {
+            for kind in ["so", "user"] {
+                write_pin(&root.join(format!("secrets/node-{n}.{kind}.pin")))?;
+            }
+            let mut init = Command::new(&bins.vaultctl);
+            init.args(["hsm", "init", "--softhsm-dir"])
+                .arg(root.join(format!("hsm/node-{n}")))
+                .args(["--label", &format!("node-{n}"), "--so-pin-file"])
+                .arg(root.join(format!("secrets/node-{n}.so.pin")))
+                .arg("--user-pin-file")
+                .arg(root.join(format!("secrets/node-{n}.user.pin")));
+            if n == 1 {
+                init.arg("--kek");
+            }
+            run(&mut init)?;
+            if n > 1 {
+                run(Command::new(&bins.vaultctl)
+                    .args(["hsm", "ceremony", "--from-dir"])
+                    .arg(root.join("hsm/node-1"))
+                    .args(["--from-label", "node-1", "--from-so-pin-file"])
+                    .arg(root.join("secrets/node-1.so.pin"))
+                    .arg("--from-user-pin-file")
+                    .arg(root.join("secrets/node-1.user.pin"))
+                    .arg("--to-dir")
+                    .arg(root.join(format!("hsm/node-{n}")))
+                    .args(["--to-label", &format!("node-{n}"), "--to-user-pin-file"])
+                    .arg(root.join(format!("secrets/node-{n}.user.pin"))))?;
+            }
+        }
+        let template = Template { dir, nodes, bins };
+        let config = template.write_config(
+            root,
+            &FleetSpec::voters(nodes),
+            &free_ports(3 * nodes as usize)?,
+        )?;
+        run(Command::new(&template.bins.vaultctl)
+            .args(["pki", "init", "--frontend", "test", "--config"])
+            .arg(&config)
+            .arg("--fleet-dir")
+            .arg(root))?;
+        std::fs::remove_file(config)?;
+        Ok(template)
+    }
+
+    /// The binaries.
+    pub fn bins(&self) -> &Bins {
+        &self.bins
+    }
+
+    fn write_config(&self, dir: &Path, spec: &FleetSpec, ports: &[u16]) -> anyhow::Result<PathBuf> {
+        let mut t = String::new();
+        let _ = write!(
+            t,
+            "version = 1\nfleet_id = \"test\"\nmax_attempts_cap = 10\n\n[raft]\n\
+             heartbeat_ms = 100\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
+             snapshot_after_logs = {}\nkeep_logs_after_snapshot = {}\n\n[tls]\n\
+             fleet_ca = \"pki/fleet-ca.pem\"\nfrontend_ca = \"pki/frontend-ca.pem\"\n\
+             operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"\n",
+            ELECTION_MS.0, ELECTION_MS.1, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
+        );
+        for n in 1..=spec.nodes {
+            let i = (n - 1) as usize * 3;
+            let _ = write!(
+                t,
+                "\n[[node]]\nid = {n}\ndatacenter = \"dc-{n}\"\n\
+                 frontend_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
+                 data_dir = \"node-{n}/data\"\nbootstrap = {}\n\
+                 hsm = {{ module = \"softhsm\", softhsm_dir = \"hsm/node-{n}\", token_label = \"node-{n}\", pin_file = \"secrets/node-{n}.user.pin\", sessions = 2 }}\n\
+                 tls = {{ cert = \"pki/node-{n}.pem\", key = \"pki/node-{n}.key\" }}\n",
+                ports[i],
+                ports[i + 1],
+                ports[i + 2],
+                n <= spec.bootstrap
+            );
+        }
+        let path = dir.join("fleet.toml");
+        std::fs::write(&path, t)?;
+        Ok(path)
+    }
+}
+
+/// One node process.
+struct Node {
+    child: Child,
+}
+
+/// A fleet of node processes in a private directory. Dropping it kills
+/// every node still running.
+pub struct TestFleet {
+    dir: TempDir,
+    config: PathBuf,
+    bins: Bins,
+    fleet: vault_raft::config::Fleet,
+    running: BTreeMap<u64, Node>,
+    starts: BTreeMap<u64, u32>,
+}
+
+impl TestFleet {
+    /// A fleet of `spec` from a copy of `template` (nothing started yet).
+    pub fn create(template: &Template, spec: &FleetSpec) -> anyhow::Result<TestFleet> {
+        if spec.nodes > template.nodes {
+            bail!(
+                "the template has tokens for {} nodes, not {}",
+                template.nodes,
+                spec.nodes
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("bkv-fleet-").tempdir()?;
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", template.dir.path().display()))
+            .arg(dir.path()))?;
+        for n in 1..=template.nodes {
+            // softhsm2.conf names its token dir by absolute path: point the
+            // copy at its own tokens.
+            let root = dir.path().join(format!("hsm/node-{n}"));
+            std::fs::remove_file(root.join("softhsm2.conf"))?;
+            vault_hsm::softhsm::SoftHsmDir::create(&root)?;
+        }
+        let ports = free_ports(3 * spec.nodes as usize)?;
+        let config = template.write_config(dir.path(), spec, &ports)?;
+        let fleet = vault_raft::config::Fleet::load(&config, dir.path())?;
+        Ok(TestFleet {
+            dir,
+            config,
+            bins: template.bins.clone(),
+            fleet,
+            running: BTreeMap::new(),
+            starts: BTreeMap::new(),
+        })
+    }
+
+    /// The fleet directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The parsed fleet file.
+    pub fn fleet(&self) -> &vault_raft::config::Fleet {
+        &self.fleet
+    }
+
+    /// Node `id`'s log file (stderr of every start, appended).
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Starts node `id`.
+    pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.running.contains_key(&id) {
+            bail!("node {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let child = Command::new(&self.bins.vault_node)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--fleet-dir")
+            .arg(self.dir.path())
+            .args(["--node-id", &id.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start vault-node")?;
+        *self.starts.entry(id).or_default() += 1;
+        self.running.insert(id, Node { child });
+        Ok(())
+    }
+
+    /// Starts nodes `ids`.
+    pub fn start_all(&mut self, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<()> {
+        ids.into_iter().try_for_each(|id| self.start(id))
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let mut node = self
+            .running
+            .remove(&id)
+            .with_context(|| format!("node {id} is not running"))?;
+        node.child.kill()?;
+        node.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERMs node `id` and waits up to `within` for it to exit.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut node = self
+            .running
+            .remove(&id)
+            .with_context(|| format!("node {id} is not running"))?;
+        signal(node.child.id(), "TERM")?;
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= give_up {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+                bail!("node {id} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether node `id` is running (and has not exited by itself).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.running
+            .get_mut(&id)
+            .is_some_and(|n| matches!(n.child.try_wait(), Ok(None)))
+    }
+
+    /// Runs `vaultctl <args> --config … --fleet-dir …` (the fleet args go
+    /// through the environment).
+    pub fn vaultctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(&self.bins.vaultctl)
+            .args(args)
+            .env("BKV_FLEET_CONFIG", &self.config)
+            .env("BKV_FLEET_DIR", self.dir.path())
+            .output()?)
+    }
+
+    /// Like [`TestFleet::vaultctl`], failing unless it exits 0.
+    pub fn vaultctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.vaultctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "vaultctl {} failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `vaultctl cluster status --json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.vaultctl_ok(&["cluster", "status", "--json"])?,
+        )?)
+    }
+
+    /// Waits until one leader, all members reachable and following it,
+    /// equal applied indexes and state digests; returns that status.
+    pub fn wait_converged(&self, within: Duration) -> anyhow::Result<serde_json::Value> {
+        let secs = within.as_secs().max(1).to_string();
+        let out = self.vaultctl(&["cluster", "status", "--json", "--wait-converged", &secs])?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        if !out.status.success() {
+            bail!("the fleet did not converge within {within:?}:\n{status:#}");
+        }
+        Ok(status)
+    }
+
+    /// `vaultctl cluster init` (waits for the nodes to come up).
+    pub fn init(&self) -> anyhow::Result<()> {
+        self.vaultctl_ok(&["cluster", "init", "--wait", "60"])
+            .map(drop)
+    }
+
+    /// The leader that reachable nodes agree on, waiting up to `within`;
+    /// only nodes in `among` count.
+    pub fn wait_leader(&self, among: &[u64], within: Duration) -> anyhow::Result<u64> {
+        let give_up = Instant::now() + within;
+        loop {
+            let status = self.status()?;
+            let leaders: Vec<u64> = status["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["role"] == "leader")
+                .filter_map(|n| n["node_id"].as_u64())
+                .filter(|id| among.contains(id))
+                .collect();
+            if let [one] = leaders[..] {
+                return Ok(one);
+            }
+            if Instant::now() >= give_up {
+                bail!("no single leader among {among:?} within {within:?}:\n{status:#}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        for (_, mut node) in std::mem::take(&mut self.running) {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
+
+/// One node's entry in a status JSON.
+pub fn node_status(status: &serde_json::Value, id: u64) -> Option<&serde_json::Value> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node_id"].as_u64() == Some(id))
+}

@@ -1,0 +1,94 @@
+//! Binaries, ports and processes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+
+/// The binaries a fleet test runs.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// `vault-node`.
+    pub vault_node: PathBuf,
+    /// `vaultctl`.
+    pub vaultctl: PathBuf,
+}
+
+impl Bins {
+    /// Finds the binaries next to the running test executable
+    /// (`target/<profile>/deps/<test>` → `target/<profile>/`), and refuses
+    /// ones older than any source file of the workspace.
+    pub fn locate() -> anyhow::Result<Bins> {
+        let exe = std::env::current_exe()?;
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("test executable has no target/<profile> directory")?;
+        let bins = Bins {
+            vault_node: profile_dir.join("vault-node"),
+            vaultctl: profile_dir.join("vaultctl"),
+        };
+        for bin in [&bins.vault_node, &bins.vaultctl] {
+            let built = std::fs::metadata(bin)
+                .and_then(|m| m.modified())
+                .with_context(|| {
+                    format!(
+                        "{} is missing: run `cargo build --workspace --bins` first",
+                        bin.display()
+                    )
+                })?;
+            if let Some(source) = newer_source(bin, built)? {
+                bail!(
+                    "{} is older than {}: run `cargo build --workspace --bins` first",
+                    bin.display(),
+                    source.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A source file of `bin` (from cargo's dep-info file next to it) that
+/// changed after `built`, if any.
+fn newer_source(bin: &Path, built: SystemTime) -> anyhow::Result<Option<PathBuf>> {
+    let dep_info = bin.with_extension("d");
+    let text = std::fs::read_to_string(&dep_info)
+        .with_context(|| format!("read {} (cargo's dep-info)", dep_info.display()))?;
+    let deps = text.split_once(": ").map_or("", |(_, deps)| deps);
+    // Paths are separated by spaces; a space inside a path is escaped.
+    let deps = deps.replace("\\ ", "\0");
+    for dep in deps.split_whitespace() {
+        let path = PathBuf::from(dep.replace('\0', " "));
+        if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
+            && modified > built
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (free when this returns; a
+/// fleet binds them moments later).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Sends `signal` (e.g. "TERM", "STOP") to `pid` with the shell's `kill`.
+pub(crate) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    Ok(())
+}

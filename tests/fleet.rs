@@ -1,0 +1,477 @@
+//! Multi-process fleet tests: real `vault-node` processes, real RocksDB,
+//! real SoftHSM tokens (the KEK copied by ceremony), mutual TLS, loopback
+//! ports. Each test builds its own fleet from a template provisioned once,
+//! and the fleet kills its nodes when dropped, also when the test fails.
+//!
+//! The tests run one at a time (each starts three or four node processes
+//! on a 2-core machine).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use libtest_mimic::{Arguments, Failed, Trial};
+use vault_testkit::client::{self, Driver};
+use vault_testkit::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status};
+use vault_types::{Reply, Response};
+
+type TestResult = anyhow::Result<()>;
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let template = match Template::provision(4) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("provisioning the fleet template failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let template = std::sync::Arc::new(template);
+    let tests: Vec<(&str, fn(&Template) -> TestResult)> = vec![
+        (
+            "three_nodes_elect_one_leader_and_converge",
+            three_nodes_elect_one_leader_and_converge,
+        ),
+        (
+            "killing_the_leader_elects_another_and_loses_nothing",
+            killing_the_leader_elects_another_and_loses_nothing,
+        ),
+        (
+            "a_node_behind_a_purged_log_catches_up_by_snapshot",
+            a_node_behind_a_purged_log_catches_up_by_snapshot,
+        ),
+        (
+            "add_a_learner_promote_it_then_remove_another",
+            add_a_learner_promote_it_then_remove_another,
+        ),
+        (
+            "a_node_certificate_cannot_speak_for_another_node",
+            a_node_certificate_cannot_speak_for_another_node,
+        ),
+        (
+            "the_frontend_port_refuses_plaintext_and_certless_clients",
+            the_frontend_port_refuses_plaintext_and_certless_clients,
+        ),
+        (
+            "sigterm_stops_cleanly_and_the_node_restarts_with_its_data",
+            sigterm_stops_cleanly_and_the_node_restarts_with_its_data,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let t = template.clone();
+            Trial::test(name, move || {
+                f(&t).map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// A fleet of `spec` with its bootstrap nodes started and initialized.
+fn started(template: &Template, spec: FleetSpec) -> anyhow::Result<TestFleet> {
+    let mut fleet = TestFleet::create(template, &spec)?;
+    fleet.start_all(1..=spec.bootstrap)?;
+    fleet.init().context("cluster init")?;
+    Ok(fleet)
+}
+
+/// On failure, the nodes' logs are what explains it.
+fn with_logs<T>(fleet: &TestFleet, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    result.map_err(|e| {
+        let mut logs = String::new();
+        for id in fleet.fleet().nodes.keys() {
+            let log = fleet.log(*id);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            logs.push_str(&format!("\n--- node {id} log (last lines) ---\n"));
+            for l in tail.into_iter().rev() {
+                logs.push_str(l);
+                logs.push('\n');
+            }
+        }
+        e.context(logs)
+    })
+}
+
+fn voters(status: &serde_json::Value, leader: u64) -> Vec<u64> {
+    node_status(status, leader)
+        .and_then(|n| n["members"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect()
+}
+
+fn field(status: &serde_json::Value, id: u64, name: &str) -> anyhow::Result<u64> {
+    node_status(status, id)
+        .and_then(|n| n[name].as_u64())
+        .with_context(|| format!("node {id} has no {name} in {status:#}"))
+}
+
+fn three_nodes_elect_one_leader_and_converge(template: &Template) -> TestResult {
+    let fleet = started(template, FleetSpec::voters(3))?;
+    let status = with_logs(&fleet, fleet.wait_converged(CONVERGE))?;
+    let leaders = status["leaders"].as_array().context("leaders")?;
+    ensure!(leaders.len() == 1, "want one leader: {status:#}");
+    let leader = leaders[0].as_u64().context("leader id")?;
+    ensure!(
+        voters(&status, leader) == [1, 2, 3],
+        "want voters 1,2,3: {status:#}"
+    );
+    let applied: Vec<u64> = (1..=3)
+        .map(|id| field(&status, id, "applied_index"))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        applied.iter().all(|a| *a == applied[0] && *a > 0),
+        "applied: {applied:?}"
+    );
+    for id in 1..=3 {
+        let n = node_status(&status, id).context("node")?;
+        ensure!(
+            n["fleet_initialized"] == true && n["ready"] == true,
+            "node {id}: {n:#}"
+        );
+    }
+    // Init is idempotent.
+    fleet.init()?;
+    Ok(())
+}
+
+fn killing_the_leader_elects_another_and_loses_nothing(template: &Template) -> TestResult {
+    let mut fleet = started(template, FleetSpec::voters(3))?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        let driver = Driver::new(&fleet, 1);
+        for i in 0..20 {
+            let reply = driver.register(i)?;
+            ensure!(
+                matches!(reply, Reply::Vault(Ok(Response::Registered { .. }))),
+                "register {i}: {reply:?}"
+            );
+        }
+        let before = fleet.wait_converged(CONVERGE)?;
+        let old = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
+        let applied_before = field(&before, old, "applied_index")?;
+        drop(driver);
+
+        fleet.kill(old)?;
+        let killed_at = Instant::now();
+        let rest: Vec<u64> = (1..=3).filter(|&n| n != old).collect();
+        let new = fleet.wait_leader(&rest, Duration::from_secs(10))?;
+        let took = killed_at.elapsed();
+        eprintln!("node {old} killed; node {new} leads after {took:?}");
+        // Detection takes up to one election timeout, the election about
+        // one more (plus polling and a loaded 2-core machine).
+        ensure!(
+            took < Duration::from_millis(ELECTION_MS.1 * 4),
+            "a new leader took {took:?}, election timeout max is {} ms",
+            ELECTION_MS.1
+        );
+        let driver = Driver::new(&fleet, rest[0]);
+        for i in 0..20 {
+            match driver.begin_attempt(i)? {
+                Reply::Vault(Ok(Response::AttemptGranted { .. })) => {}
+                other => bail!("user-{i} lost after failover: {other:?}"),
+            }
+        }
+        let after = fleet.status()?;
+        ensure!(field(&after, new, "applied_index")? > applied_before);
+
+        fleet.start(old)?;
+        let converged = fleet.wait_converged(CONVERGE)?;
+        let a = field(&converged, old, "applied_index")?;
+        ensure!(
+            a > applied_before,
+            "restarted node applied {a}, before the kill {applied_before}"
+        );
+        Ok(())
+    })();
+    with_logs(&fleet, result)
+}
+
+fn a_node_behind_a_purged_log_catches_up_by_snapshot(template: &Template) -> TestResult {
+    let spec = FleetSpec {
+        snapshot_after_logs: 20,
+        keep_logs_after_snapshot: 5,
+        ..FleetSpec::voters(3)
+    };
+    let mut fleet = started(template, spec)?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        fleet.terminate(3, Duration::from_secs(15))?;
+        let before = fleet.status()?;
+        let behind = field(&before, 1, "applied_index")?;
+        let driver = Driver::new(&fleet, 1);
+        for i in 0..60 {
+            driver.register(i)?;
+        }
+        fleet.vaultctl_ok(&["cluster", "snapshot"])?;
+        let leader = fleet.wait_leader(&[1, 2], CONVERGE)?;
+        let s = fleet.status()?;
+        let purged = field(&s, leader, "purged_index")?;
+        ensure!(
+            purged > behind,
+            "the leader must have purged past node 3 ({behind}); purged {purged}"
+        );
+
+        fleet.start(3)?;
+        let converged = fleet.wait_converged(CONVERGE)?;
+        let snap = field(&converged, 3, "snapshot_index")?;
+        ensure!(
+            snap >= purged,
+            "node 3 should hold a snapshot covering {purged}, has {snap}"
+        );
+        for i in [0, 59] {
+            match driver.begin_attempt(i)? {
+                Reply::Vault(Ok(Response::AttemptGranted { .. })) => {}
+                other => bail!("user-{i}: {other:?}"),
+            }
+        }
+        fleet.wait_converged(CONVERGE)?;
+        Ok(())
+    })();
+    with_logs(&fleet, result)
+}
+
+fn add_a_learner_promote_it_then_remove_another(template: &Template) -> TestResult {
+    let spec = FleetSpec {
+        bootstrap: 3,
+        ..FleetSpec::voters(4)
+    };
+    let mut fleet = started(template, spec)?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        let driver = Driver::new(&fleet, 1);
+        for i in 0..5 {
+            driver.register(i)?;
+        }
+        fleet.start(4)?;
+        fleet.vaultctl_ok(&["cluster", "add-node", "4", "--learner-only"])?;
+        let s = fleet.wait_converged(CONVERGE)?;
+        let leader = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
+        ensure!(
+            voters(&s, leader) == [1, 2, 3],
+            "4 is a learner first: {s:#}"
+        );
+        ensure!(
+            node_status(&s, 4).context("node 4")?["role"] == "learner",
+            "{s:#}"
+        );
+
+        fleet.vaultctl_ok(&["cluster", "promote", "4"])?;
+        let s = fleet.wait_converged(CONVERGE)?;
+        let leader = fleet.wait_leader(&[1, 2, 3, 4], CONVERGE)?;
+        ensure!(voters(&s, leader) == [1, 2, 3, 4], "{s:#}");
+
+        let gone = if leader == 2 { 3 } else { 2 };
+        fleet.vaultctl_ok(&["cluster", "remove-node", &gone.to_string()])?;
+        let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&n| n != gone).collect();
+        let leader = fleet.wait_leader(&rest, CONVERGE)?;
+        let s = fleet.status()?;
+        ensure!(voters(&s, leader) == rest, "after removing {gone}: {s:#}");
+        fleet.kill(gone)?;
+        fleet.wait_converged(CONVERGE)?;
+        // The removed node's certificate no longer gets in.
+        let as_removed = Driver::new(&fleet, gone);
+        let (code, msg) =
+            as_removed.raw_peer_call(leader, true, vault_raft::wire::encode(&vote(0, gone)))?;
+        ensure!(
+            code == tonic::Code::PermissionDenied,
+            "removed node got {code:?} {msg}"
+        );
+        match Driver::new(&fleet, leader).begin_attempt(4)? {
+            Reply::Vault(Ok(Response::AttemptGranted { .. })) => Ok(()),
+            other => bail!("user-4: {other:?}"),
+        }
+    })();
+    with_logs(&fleet, result)
+}
+
+fn vote(term: u64, candidate: u64) -> openraft::raft::VoteRequest<u64> {
+    openraft::raft::VoteRequest::new(openraft::Vote::new(term, candidate), None)
+}
+
+fn a_node_certificate_cannot_speak_for_another_node(template: &Template) -> TestResult {
+    let fleet = started(template, FleetSpec::voters(3))?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        let as2 = Driver::new(&fleet, 2);
+        // Node 2 speaking as itself is heard (and, with term 0, refused by
+        // Raft, which is fine: the call got through).
+        let (code, msg) = as2.raw_peer_call(1, true, vault_raft::wire::encode(&vote(0, 2)))?;
+        ensure!(code == tonic::Code::Ok, "node 2 as itself: {code:?} {msg}");
+        // Node 2 claiming to be candidate 3, or leader 3, is refused.
+        let (code, msg) = as2.raw_peer_call(1, true, vault_raft::wire::encode(&vote(99, 3)))?;
+        ensure!(
+            code == tonic::Code::PermissionDenied,
+            "vote as 3: {code:?} {msg}"
+        );
+        ensure!(msg.contains("node 2 may not speak for node 3"), "{msg}");
+        let append = openraft::raft::AppendEntriesRequest::<vault_raft::TypeConfig> {
+            vote: openraft::Vote::new_committed(99, 3),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let (code, msg) = as2.raw_peer_call(1, false, vault_raft::wire::encode(&append))?;
+        ensure!(
+            code == tonic::Code::PermissionDenied,
+            "append as 3: {code:?} {msg}"
+        );
+
+        // The operator may not speak Raft; a node may not call the admin API.
+        let f = fleet.fleet();
+        let rt = client::runtime();
+        let op = client::tls(
+            &f.tls.fleet_ca,
+            Some((&f.tls.operator.cert, &f.tls.operator.key)),
+            1,
+        )?;
+        let ch = rt.block_on(client::connect(
+            f.node(1).map_err(anyhow::Error::msg)?.peer_addr,
+            Some(op),
+        ))?;
+        let mut peer = vault_proto::v1::peer_client::PeerClient::new(ch);
+        let r = rt.block_on(peer.vote(vault_proto::v1::RaftMessage {
+            payload: vault_raft::wire::encode(&vote(0, 1)),
+        }));
+        ensure!(
+            r.as_ref().err().map(|s| s.code()) == Some(tonic::Code::PermissionDenied),
+            "operator on peer API: {r:?}"
+        );
+        let n2 = f.node(2).map_err(anyhow::Error::msg)?;
+        let as_node = client::tls(&f.tls.fleet_ca, Some((&n2.tls.cert, &n2.tls.key)), 1)?;
+        let ch = rt.block_on(client::connect(
+            f.node(1).map_err(anyhow::Error::msg)?.peer_addr,
+            Some(as_node),
+        ))?;
+        let mut admin = vault_proto::v1::admin_client::AdminClient::new(ch);
+        let r = rt.block_on(admin.status(vault_proto::v1::StatusRequest {}));
+        ensure!(
+            r.as_ref().err().map(|s| s.code()) == Some(tonic::Code::PermissionDenied),
+            "node on admin API: {r:?}"
+        );
+        // A frontend certificate (another CA) does not even get through TLS
+        // on the peer port.
+        let fe = (
+            fleet.dir().join("pki/frontend-test.pem"),
+            fleet.dir().join("pki/frontend-test.key"),
+        );
+        let tls = client::tls(&f.tls.fleet_ca, Some((&fe.0, &fe.1)), 1)?;
+        let r = rt.block_on(async {
+            let ch = client::connect(f.node(1).map_err(anyhow::Error::msg)?.peer_addr, Some(tls))
+                .await?;
+            let mut peer = vault_proto::v1::peer_client::PeerClient::new(ch);
+            anyhow::Ok(
+                peer.vote(vault_proto::v1::RaftMessage { payload: vec![1] })
+                    .await?,
+            )
+        });
+        ensure!(
+            r.is_err(),
+            "a frontend certificate reached the peer API: {r:?}"
+        );
+        Ok(())
+    })();
+    with_logs(&fleet, result)
+}
+
+fn the_frontend_port_refuses_plaintext_and_certless_clients(template: &Template) -> TestResult {
+    let fleet = started(template, FleetSpec::voters(3))?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        let f = fleet.fleet();
+        let addr = f.node(2).map_err(anyhow::Error::msg)?.frontend_addr;
+        let rt = client::runtime();
+        let check = |tls: Option<tonic::transport::ClientTlsConfig>| {
+            rt.block_on(async {
+                let ch = client::connect(addr, tls).await?;
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                let r = h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                anyhow::Ok(r.into_inner().status)
+            })
+        };
+        let plaintext = check(None);
+        ensure!(plaintext.is_err(), "plaintext got an answer: {plaintext:?}");
+        let certless = check(Some(client::tls(&f.tls.fleet_ca, None, 2)?));
+        ensure!(
+            certless.is_err(),
+            "a client without a certificate got an answer: {certless:?}"
+        );
+        let n1 = f.node(1).map_err(anyhow::Error::msg)?;
+        let wrong_ca = check(Some(client::tls(
+            &f.tls.fleet_ca,
+            Some((&n1.tls.cert, &n1.tls.key)),
+            2,
+        )?));
+        ensure!(
+            wrong_ca.is_err(),
+            "a node certificate got onto the frontend port: {wrong_ca:?}"
+        );
+        let fe = (
+            fleet.dir().join("pki/frontend-test.pem"),
+            fleet.dir().join("pki/frontend-test.key"),
+        );
+        let ok = check(Some(client::tls(&f.tls.fleet_ca, Some((&fe.0, &fe.1)), 2)?))?;
+        ensure!(
+            ok == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "a frontend with its certificate should see SERVING, got {ok}"
+        );
+        Ok(())
+    })();
+    with_logs(&fleet, result)
+}
+
+fn sigterm_stops_cleanly_and_the_node_restarts_with_its_data(template: &Template) -> TestResult {
+    let mut fleet = started(template, FleetSpec::voters(3))?;
+    let result = (|| {
+        fleet.wait_converged(CONVERGE)?;
+        let driver = Driver::new(&fleet, 1);
+        for i in 0..10 {
+            driver.register(i)?;
+        }
+        let before = fleet.wait_converged(CONVERGE)?;
+        let applied = field(&before, 2, "applied_index")?;
+        let status = fleet.terminate(2, Duration::from_secs(15))?;
+        ensure!(status.success(), "node 2 exited with {status} on SIGTERM");
+        ensure!(
+            fleet.log(2).contains("stopped cleanly"),
+            "no clean-stop line in node 2's log"
+        );
+        // Writes go on without it.
+        for i in 10..15 {
+            driver.register(i)?;
+        }
+        fleet.start(2)?;
+        let after = fleet.wait_converged(CONVERGE)?;
+        ensure!(field(&after, 2, "applied_index")? > applied);
+        // Registering user-0 again with its first request id is answered
+        // from the dedup table: the entry came back with the node.
+        match driver.register(0)? {
+            Reply::Vault(Ok(Response::Registered { .. })) => {}
+            other => bail!("replayed register: {other:?}"),
+        }
+        // No PIN reaches a log.
+        for id in 1..=3 {
+            let pin =
+                std::fs::read_to_string(fleet.dir().join(format!("secrets/node-{id}.user.pin")))?;
+            for n in 1..=3 {
+                ensure!(
+                    !fleet.log(n).contains(pin.trim()),
+                    "node {id}'s PIN is in node {n}'s log"
+                );
+            }
+        }
+        Ok(())
+    })();
+    with_logs(&fleet, result)
+}
