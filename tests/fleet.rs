@@ -16,6 +16,7 @@ use vault_testkit::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status};
 use vault_types::{Reply, Response};
 
 type TestResult = anyhow::Result<()>;
+type FleetTest = fn(&Template) -> TestResult;
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     let template = std::sync::Arc::new(template);
-    let tests: Vec<(&str, fn(&Template) -> TestResult)> = vec![
+    let tests: Vec<(&str, FleetTest)> = vec![
         (
             "three_nodes_elect_one_leader_and_converge",
             three_nodes_elect_one_leader_and_converge,

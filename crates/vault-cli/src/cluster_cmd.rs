@@ -356,7 +356,7 @@ fn status_table(all: &[(u64, Result<StatusReply, String>)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4}  {:<10} {:<9} {:>5} {:>6} {:>8} {:>9} {:>8} {:>8}  {:<16} {}",
+        "{:>4}  {:<10} {:<9} {:>5} {:>6} {:>8} {:>9} {:>8} {:>8}  {:<16} ready",
         "node",
         "dc",
         "role",
@@ -367,7 +367,6 @@ fn status_table(all: &[(u64, Result<StatusReply, String>)]) -> String {
         "applied",
         "snapshot",
         "digest",
-        "ready"
     );
     for (id, s) in all {
         match s {

@@ -6,6 +6,11 @@
 //! openraft's deadline (`RPCOption::hard_ttl`) as its gRPC timeout. A
 //! snapshot is streamed in 1 MiB pieces over one InstallSnapshot call.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft defines these error types and the signatures that return them"
+)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
