@@ -138,8 +138,32 @@ fn three_nodes_elect_one_leader_and_converge(template: &Template) -> TestResult 
             "node {id}: {n:#}"
         );
     }
-    // Init is idempotent.
+    // Init is idempotent, also on a follower (which first asks the leader
+    // for a read index to see that the fleet exists).
     fleet.init()?;
+    let follower: u64 = if leader == 2 { 3 } else { 2 };
+    fleet.vaultctl_ok(&["cluster", "init", "--node", &follower.to_string()])?;
+    let again = fleet.wait_converged(CONVERGE)?;
+    ensure!(
+        field(&again, leader, "applied_index")? == applied[0],
+        "a repeated init wrote: {again:#}"
+    );
+    // The follower is measured serving the leader's appends, and the
+    // leader serving the follower's read-index call.
+    let metrics = fleet.metrics(follower)?;
+    ensure!(
+        metrics.contains(&format!("bkv_raft_leader{{node=\"{follower}\"}} {leader}")),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("bkv_rpc_total{code=\"OK\",method=\"Peer/AppendEntries\""),
+        "{metrics}"
+    );
+    let metrics = fleet.metrics(leader)?;
+    ensure!(
+        metrics.contains("bkv_rpc_total{code=\"OK\",method=\"Peer/ReadIndex\""),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -148,12 +172,14 @@ fn killing_the_leader_elects_another_and_loses_nothing(template: &Template) -> T
     let result = (|| {
         fleet.wait_converged(CONVERGE)?;
         let driver = Driver::new(&fleet, 1);
+        let mut first_replies = Vec::new();
         for i in 0..20 {
             let reply = driver.register(i)?;
             ensure!(
                 matches!(reply, Reply::Vault(Ok(Response::Registered { .. }))),
                 "register {i}: {reply:?}"
             );
+            first_replies.push(reply);
         }
         let before = fleet.wait_converged(CONVERGE)?;
         let old = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
@@ -174,6 +200,16 @@ fn killing_the_leader_elects_another_and_loses_nothing(template: &Template) -> T
             ELECTION_MS.1
         );
         let driver = Driver::new(&fleet, rest[0]);
+        // A client that never saw its answers retries with the same request
+        // ids: it gets the first answers back, not a second registration
+        // (which would carry a new generation).
+        for (i, first) in (0..20).zip(&first_replies) {
+            let again = driver.register(i)?;
+            ensure!(
+                &again == first,
+                "user-{i} registered twice: {first:?} then {again:?}"
+            );
+        }
         for i in 0..20 {
             match driver.begin_attempt(i)? {
                 Reply::Vault(Ok(Response::AttemptGranted { .. })) => {}

@@ -190,7 +190,11 @@ impl Peer for PeerService {
     ) -> Result<Response<ForwardReply>, Status> {
         let caller = self.gate.member_node(&req)?;
         let proposal = codec::decode_proposal(&req.into_inner().proposal).map_err(bad_message)?;
-        tracing::debug!(from = caller, "forwarded command");
+        tracing::debug!(
+            from = caller,
+            request = ?proposal.request.map(|r| r.id),
+            "forwarded command"
+        );
         match self.raft.client_write(proposal).await {
             Ok(written) => Ok(Response::new(ForwardReply {
                 reply: codec::encode(codec::VALUE_V1, &written.data)

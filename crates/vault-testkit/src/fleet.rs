@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use tempfile::TempDir;
 
 use crate::process::{Bins, free_ports, signal};
@@ -355,6 +355,23 @@ impl TestFleet {
             bail!("the fleet did not converge within {within:?}:\n{status:#}");
         }
         Ok(status)
+    }
+
+    /// Node `id`'s Prometheus metrics (GET /metrics on its metrics address).
+    pub fn metrics(&self, id: u64) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let addr = self
+            .fleet
+            .node(id)
+            .map_err(anyhow::Error::msg)?
+            .metrics_addr;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        ensure!(out.starts_with("HTTP/1.1 200"), "GET /metrics: {out}");
+        Ok(out)
     }
 
     /// `vaultctl cluster init` (waits for the nodes to come up).
