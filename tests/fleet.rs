@@ -497,6 +497,9 @@ fn sigterm_stops_cleanly_and_the_node_restarts_with_its_data(template: &Template
             Reply::Vault(Ok(Response::Registered { .. })) => {}
             other => bail!("replayed register: {other:?}"),
         }
+        // A node whose harness dies (its stdin pipe closes) stops too.
+        let status = fleet.orphan(3, Duration::from_secs(15))?;
+        ensure!(status.success(), "orphaned node 3 exited with {status}");
         // No PIN reaches a log.
         for id in 1..=3 {
             let pin =

@@ -161,6 +161,10 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     );
 
     tokio::spawn(watch_signals(stop_tx.clone()));
+    if std::env::var_os(EXIT_WITH_STDIN).is_some() {
+        let stop = stop_tx.clone();
+        std::thread::spawn(move || stop_when_stdin_closes(stop));
+    }
     tokio::spawn(track(
         raft.clone(),
         metrics.clone(),
@@ -201,6 +205,20 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
     crate::http::stop_requested(&mut stop).await;
+}
+
+/// With this environment variable set, the node shuts down gracefully
+/// when its stdin closes. Test harnesses give each node a pipe, so nodes
+/// stop even when the harness itself is killed and cannot clean up.
+pub const EXIT_WITH_STDIN: &str = "BKV_EXIT_WITH_STDIN";
+
+fn stop_when_stdin_closes(stop: watch::Sender<bool>) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+    tracing::info!("stdin closed ({EXIT_WITH_STDIN} is set)");
+    let _ = stop.send(true);
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {

@@ -258,7 +258,10 @@ impl TestFleet {
             .arg(self.dir.path())
             .args(["--node-id", &id.to_string()])
             .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
+            // The node stops when this pipe closes: if this process dies
+            // without running Drop, its nodes still go away.
+            .env("BKV_EXIT_WITH_STDIN", "1")
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -300,6 +303,28 @@ impl TestFleet {
                 let _ = node.child.kill();
                 let _ = node.child.wait();
                 bail!("node {id} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Closes node `id`'s stdin, as the death of this process would, and
+    /// waits up to `within` for the node to exit by itself.
+    pub fn orphan(&mut self, id: u64, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut node = self
+            .running
+            .remove(&id)
+            .with_context(|| format!("node {id} is not running"))?;
+        drop(node.child.stdin.take());
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= give_up {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+                bail!("node {id} outlived its closed stdin by {within:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
