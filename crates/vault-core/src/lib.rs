@@ -21,6 +21,7 @@
 mod dedup;
 mod key;
 pub mod opaque;
+pub mod protocol;
 mod record;
 mod state;
 

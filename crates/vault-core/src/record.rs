@@ -10,6 +10,8 @@ pub struct Fleet {
     pub fleet_id: FleetId,
     /// The OPAQUE server setup, sealed.
     pub sealed_server_setup: SealedBytes,
+    /// The fleet's HPKE private key, sealed.
+    pub sealed_hpke_key: SealedBytes,
     /// The most attempts a registration may ask for.
     pub max_attempts_cap: u32,
     /// The current signed fleet-key bundle and its epoch.

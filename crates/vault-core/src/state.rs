@@ -191,10 +191,11 @@ impl VaultState {
             Command::InitFleet {
                 fleet_id,
                 sealed_server_setup,
+                sealed_hpke_key,
                 max_attempts_cap,
             } => self.init_fleet(
                 fleet_id,
-                sealed_server_setup,
+                (sealed_server_setup, sealed_hpke_key),
                 *max_attempts_cap,
                 at,
                 changed,
@@ -202,9 +203,10 @@ impl VaultState {
             Command::SetBundle { bundle, epoch } => self.set_bundle(bundle, *epoch, changed),
             Command::Register {
                 user,
+                generation,
                 sealed_record,
                 max_attempts,
-            } => self.register(user, sealed_record, *max_attempts, at, changed),
+            } => self.register(user, *generation, sealed_record, *max_attempts, at, changed),
             Command::BeginAttempt { user } => self.begin_attempt(user, at, changed),
             Command::FinishAttempt {
                 user,
@@ -218,7 +220,7 @@ impl VaultState {
     fn init_fleet(
         &mut self,
         fleet_id: &FleetId,
-        sealed_server_setup: &SealedBytes,
+        (sealed_server_setup, sealed_hpke_key): (&SealedBytes, &SealedBytes),
         cap: u32,
         at: Timestamp,
         changed: &mut Vec<StateKey>,
@@ -235,6 +237,7 @@ impl VaultState {
         self.fleet = Some(Fleet {
             fleet_id: fleet_id.clone(),
             sealed_server_setup: sealed_server_setup.clone(),
+            sealed_hpke_key: sealed_hpke_key.clone(),
             max_attempts_cap: cap,
             bundle: None,
             created_at: at,
@@ -270,6 +273,7 @@ impl VaultState {
     fn register(
         &mut self,
         user: &UserId,
+        expected: Option<Generation>,
         sealed_record: &SealedBytes,
         max_attempts: u32,
         at: Timestamp,
@@ -288,7 +292,13 @@ impl VaultState {
         }
         // Generations never go back, not even after a delete or a lock, so a
         // blob sealed for an old generation can never match a new record.
-        let generation = Generation(self.users.get(user).map_or(1, |r| r.generation.0 + 1));
+        let current = self.users.get(user).map_or(Generation(0), |r| r.generation);
+        let generation = Generation(current.0 + 1);
+        if let Some(given) = expected
+            && given != generation
+        {
+            return Err(CommandError::StaleGeneration { current, given });
+        }
         self.users.insert(
             user.clone(),
             UserRecord {

@@ -42,6 +42,7 @@ fn init() -> Command {
     Command::InitFleet {
         fleet_id: FleetId::new("test-fleet").expect("fleet id"),
         sealed_server_setup: SealedBytes(vec![0xee; 40]),
+        sealed_hpke_key: SealedBytes(vec![0xdd; 40]),
         max_attempts_cap: CAP,
     }
 }
@@ -49,6 +50,7 @@ fn init() -> Command {
 fn register(name: &str, max_attempts: u32) -> Command {
     Command::Register {
         user: user(name),
+        generation: None,
         sealed_record: SealedBytes(format!("sealed-{name}").into_bytes()),
         max_attempts,
     }
@@ -107,6 +109,7 @@ fn init_fleet_happens_once_and_needs_a_cap() {
     let zero = Command::InitFleet {
         fleet_id: FleetId::new("f").expect("id"),
         sealed_server_setup: SealedBytes(vec![]),
+        sealed_hpke_key: SealedBytes(vec![0xdd; 40]),
         max_attempts_cap: 0,
     };
     assert!(matches!(
@@ -475,6 +478,7 @@ fn to_proposal(state: &VaultState, op: &Op) -> Proposal {
     match op {
         Op::Register { user: u, max } => prop(Command::Register {
             user: name(u),
+            generation: None,
             sealed_record: SealedBytes(vec![*u; 16]),
             max_attempts: *max,
         }),
@@ -576,4 +580,43 @@ proptest! {
         let seen: HashSet<_> = log.iter().filter_map(|p| p.request.map(|r| r.id)).collect();
         prop_assert_eq!(a.dedup_len(), seen.len().min(4));
     }
+}
+
+#[test]
+fn register_refuses_a_record_sealed_for_another_generation() {
+    let mut log = Log::new();
+    let sealed_for = |g: Option<u64>| Command::Register {
+        user: user("gen"),
+        generation: g.map(Generation),
+        sealed_record: SealedBytes(vec![7; 8]),
+        max_attempts: 3,
+    };
+    // The first registration must be sealed for generation 1.
+    assert_eq!(
+        log.apply(prop(sealed_for(Some(2)))),
+        Err(CommandError::StaleGeneration {
+            current: Generation(0),
+            given: Generation(2)
+        })
+    );
+    assert_eq!(
+        log.ok(prop(sealed_for(Some(1)))),
+        Response::Registered {
+            generation: Generation(1)
+        }
+    );
+    // A racing registration that read generation 1 as "next" loses.
+    assert_eq!(
+        log.apply(prop(sealed_for(Some(1)))),
+        Err(CommandError::StaleGeneration {
+            current: Generation(1),
+            given: Generation(1)
+        })
+    );
+    assert_eq!(
+        log.ok(prop(sealed_for(Some(2)))),
+        Response::Registered {
+            generation: Generation(2)
+        }
+    );
 }

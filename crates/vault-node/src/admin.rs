@@ -127,23 +127,40 @@ impl AdminService {
     /// Commits InitFleet with a fresh server setup drawn from and sealed by
     /// this node's HSM.
     async fn commit_init_fleet(&self) -> Result<(), Status> {
-        let seed = timed_hsm(&self.metrics, "random", self.hsm.random(32))
+        let seed = timed_hsm(&self.metrics, "random", self.hsm.random(64))
             .await
             .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
-        let mut seed_arr = zeroize::Zeroizing::new([0u8; 32]);
-        seed_arr.copy_from_slice(seed.expose());
-        let setup = vault_core::opaque::new_server_setup(*seed_arr);
-        let aad = vault_core::opaque::server_setup_aad(&self.fleet.fleet_id);
+        let mut opaque_seed = zeroize::Zeroizing::new([0u8; 32]);
+        let mut hpke_seed = zeroize::Zeroizing::new([0u8; 32]);
+        opaque_seed.copy_from_slice(&seed.expose()[..32]);
+        hpke_seed.copy_from_slice(&seed.expose()[32..]);
+        let fleet_id = &self.fleet.fleet_id;
+        let setup = vault_core::opaque::new_server_setup(*opaque_seed);
+        let hpke_key = vault_core::protocol::new_hpke_key(*hpke_seed);
         let sealed = timed_hsm(
             &self.metrics,
             "seal",
-            self.hsm.seal(aad, SecretBytes::new(setup.to_vec())),
+            self.hsm.seal(
+                vault_core::opaque::server_setup_aad(fleet_id),
+                SecretBytes::new(setup.to_vec()),
+            ),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        let sealed_hpke_key = timed_hsm(
+            &self.metrics,
+            "seal",
+            self.hsm.seal(
+                vault_core::protocol::hpke_key_aad(fleet_id),
+                SecretBytes::new(hpke_key.to_vec()),
+            ),
         )
         .await
         .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
         let command = Command::InitFleet {
             fleet_id: self.fleet.fleet_id.clone(),
             sealed_server_setup: SealedBytes(sealed),
+            sealed_hpke_key: SealedBytes(sealed_hpke_key),
             max_attempts_cap: self.fleet.max_attempts_cap,
         };
         let id = RequestId(rand::random());

@@ -138,6 +138,7 @@ impl Driver {
             request_id(b'r', i),
             Command::Register {
                 user: user(i),
+                generation: None,
                 sealed_record: SealedBytes(vec![i as u8; 48]),
                 max_attempts: 5,
             },

@@ -25,6 +25,9 @@ pub enum Command {
         fleet_id: FleetId,
         /// The OPAQUE server setup, sealed by the proposing node's HSM.
         sealed_server_setup: SealedBytes,
+        /// The fleet's HPKE private key (X25519), sealed likewise. Apps seal
+        /// `RegisterFinish` payloads to its public key.
+        sealed_hpke_key: SealedBytes,
         /// The most attempts any registration may ask for.
         max_attempts_cap: u32,
     },
@@ -33,6 +36,11 @@ pub enum Command {
     Register {
         /// The user.
         user: UserId,
+        /// The generation the record was sealed for (its AAD binds it); the
+        /// command is refused unless it is the user's next generation, so a
+        /// racing registration cannot store a blob under the wrong one.
+        /// `None` skips the check (for tools and tests that seal nothing).
+        generation: Option<Generation>,
         /// The OPAQUE record and `enc_K`, sealed by the proposing node.
         sealed_record: SealedBytes,
         /// Wrong guesses allowed before the record is erased.

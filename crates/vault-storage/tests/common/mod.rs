@@ -26,6 +26,7 @@ pub fn init_fleet() -> Proposal {
         command: Command::InitFleet {
             fleet_id: FleetId::new("storage-test").expect("fleet id"),
             sealed_server_setup: SealedBytes(vec![0x5e; 48]),
+            sealed_hpke_key: SealedBytes(vec![0xdd; 40]),
             max_attempts_cap: 10,
         },
     }
@@ -41,6 +42,7 @@ pub fn workload(i: u64) -> Proposal {
     let command = match i % 5 {
         0 | 1 => Command::Register {
             user,
+            generation: None,
             sealed_record: SealedBytes(vec![(i % 251) as u8; 64]),
             max_attempts: 3,
         },

@@ -215,6 +215,7 @@ async fn run_seed(seed: u64) -> Result<(), String> {
         command: Command::InitFleet {
             fleet_id: FleetId::new("replica-test").expect("fleet"),
             sealed_server_setup: SealedBytes(vec![1; 32]),
+            sealed_hpke_key: SealedBytes(vec![0xdd; 40]),
             max_attempts_cap: 10,
         },
     };
@@ -283,6 +284,7 @@ async fn run_seed(seed: u64) -> Result<(), String> {
                 "register",
                 Command::Register {
                     user: uid(user),
+                    generation: None,
                     sealed_record: SealedBytes(vec![user as u8; 24]),
                     max_attempts: MAX_ATTEMPTS,
                 },
