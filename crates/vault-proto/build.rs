@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["vault/v1/peer.proto", "vault/v1/admin.proto"].map(|f| root.join(f));
+    let files = [
+        "vault/v1/peer.proto",
+        "vault/v1/admin.proto",
+        "vault/v1/frontend.proto",
+    ].map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

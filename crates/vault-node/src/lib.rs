@@ -5,12 +5,14 @@
 //!
 //! - [`node::run`]: wiring, servers, readiness, graceful shutdown;
 //! - [`admin`]: the admin API (status, init, membership, snapshots);
+//! - [`frontend`]: the frontend API (OPAQUE registration and recovery);
 //! - [`metrics`]: Prometheus metrics and the per-call measuring layer;
 //! - [`http`]: the `/metrics`, `/ready`, `/live` endpoint.
 //!
 //! The fleet file is parsed by `vault_raft::config`.
 
 pub mod admin;
+pub mod frontend;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -26,6 +26,10 @@ use crate::metrics::{Metrics, RpcLayer};
 /// retry.
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The largest message a frontend may send (every field is bounded far
+/// below this; larger messages are refused before they are parsed).
+pub const FRONTEND_MAX_MESSAGE: usize = 64 << 10;
+
 /// How long shutdown waits for in-flight calls.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -114,6 +118,13 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .await;
 
     let gate = Gatekeeper::new(raft.clone(), fleet.nodes.keys().copied().collect());
+    let frontend = crate::frontend::FrontendService::new(
+        fleet.clone(),
+        reader.clone(),
+        hsm.clone(),
+        proposer.clone(),
+        metrics.clone(),
+    );
     let admin = AdminService {
         node_id,
         fleet: fleet.clone(),
@@ -147,6 +158,10 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .tls_config(server_config(&me.tls, &fleet.tls.frontend_ca)?)?
         .timeout(Duration::from_secs(30))
         .layer(RpcLayer::new(metrics.clone(), node_id))
+        .add_service(
+            vault_proto::v1::frontend_server::FrontendServer::new(frontend)
+                .max_decoding_message_size(FRONTEND_MAX_MESSAGE),
+        )
         .add_service(health_service)
         .serve_with_incoming_shutdown(front_incoming, stopped(stop.clone()));
     let http = crate::http::serve(

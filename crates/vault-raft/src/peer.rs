@@ -63,6 +63,16 @@ impl Gatekeeper {
         }
     }
 
+    /// The caller must be a frontend; returns its name.
+    pub fn frontend<T>(req: &Request<T>) -> Result<String, Status> {
+        match Self::caller(req)? {
+            Identity::Frontend(name) => Ok(name),
+            other => Err(Status::permission_denied(format!(
+                "{other} may not call the frontend API"
+            ))),
+        }
+    }
+
     /// The caller must be a member node; returns its id.
     pub fn member_node<T>(&self, req: &Request<T>) -> Result<u64, Status> {
         let id = match Self::caller(req)? {

@@ -1,0 +1,17 @@
+//! The client side of Backup Key Vault.
+//!
+//! - [`Client`]: register a password-protected backup key K, recover it,
+//!   ask a user's status, delete. Talks to any node of the fleet with mutual
+//!   TLS (a frontend certificate), retries unavailable nodes with backoff,
+//!   and keeps the two calls of one flow on one node.
+//! - [`backup`]: encrypting a backup file with K, streaming, in chunks that
+//!   each authenticate their position and whether they are the last.
+//! - [`Ksf`]: the Argon2id parameters that stretch the password.
+//!
+//! Everything secret (password, K, export and session keys) stays in this
+//! process; what crosses the network is what `vault_core::protocol` says.
+
+pub mod backup;
+mod client;
+
+pub use client::{Client, ClientError, Endpoint, Ksf, Status};
