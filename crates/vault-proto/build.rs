@@ -6,7 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vault/v1/peer.proto",
         "vault/v1/admin.proto",
         "vault/v1/frontend.proto",
-    ].map(|f| root.join(f));
+    ]
+    .map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -2,8 +2,14 @@
 //!
 //! It provisions HSM tokens and runs the KEK ceremony (`vaultctl hsm …`),
 //! issues the fleet's certificates (`vaultctl pki …`) and operates a
-//! running fleet (`vaultctl cluster …`). Exit codes: 0 success, 1 the operation failed (the message says
-//! why), 2 the command line was wrong.
+//! running fleet (`vaultctl cluster …`); and it does what an app does:
+//! register a password-protected backup key, recover it, show a user's
+//! status, delete (`vaultctl register | recover | status | delete`), and
+//! encrypt backup files with the key (`vaultctl backup …`).
+//!
+//! Exit codes: 0 success, 1 the operation failed (the message says why),
+//! 2 the command line was wrong; `recover` also 3 wrong password, 4 locked,
+//! 5 unknown user.
 
 use std::process::ExitCode;
 
@@ -12,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod cluster_cmd;
 mod hsm_cmd;
 mod output;
+mod user_cmd;
 
 /// Backup Key Vault command line.
 #[derive(Debug, Parser)]
@@ -34,6 +41,11 @@ enum Command {
     /// Operate a running fleet: init, status, membership, snapshots.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    #[command(flatten)]
+    User(user_cmd::UserCommand),
+    /// Encrypt or decrypt a backup file with a backup key.
+    #[command(subcommand)]
+    Backup(user_cmd::BackupCommand),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +54,8 @@ fn main() -> ExitCode {
         Command::Hsm(cmd) => hsm_cmd::run(cmd),
         Command::Pki(cmd) => cluster_cmd::run_pki(cmd),
         Command::Cluster(cmd) => cluster_cmd::run_cluster(cmd),
+        Command::User(cmd) => user_cmd::run(cmd),
+        Command::Backup(cmd) => user_cmd::run_backup(cmd),
     };
     match result {
         Ok(code) => code,

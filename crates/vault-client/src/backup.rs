@@ -43,7 +43,9 @@ pub enum BackupError {
     NotABackup,
     /// A chunk does not authenticate: wrong key, or the file was changed,
     /// truncated, reordered or extended.
-    #[error("chunk {0} does not authenticate: wrong key, or the file was changed, truncated or reordered")]
+    #[error(
+        "chunk {0} does not authenticate: wrong key, or the file was changed, truncated or reordered"
+    )]
     Corrupt(u64),
 }
 
@@ -76,7 +78,11 @@ fn fill(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Encrypts `input` to `output` under `k`; returns the plaintext length.
-pub fn encrypt(k: &[u8; 32], mut input: impl Read, mut output: impl Write) -> Result<u64, BackupError> {
+pub fn encrypt(
+    k: &[u8; 32],
+    mut input: impl Read,
+    mut output: impl Write,
+) -> Result<u64, BackupError> {
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(CHUNK as u32).to_be_bytes());
@@ -91,7 +97,11 @@ pub fn encrypt(k: &[u8; 32], mut input: impl Read, mut output: impl Write) -> Re
     let mut len = fill(&mut input, &mut current)?;
     let (mut i, mut total) = (0u64, 0u64);
     loop {
-        let next_len = if len == CHUNK { fill(&mut input, &mut next)? } else { 0 };
+        let next_len = if len == CHUNK {
+            fill(&mut input, &mut next)?
+        } else {
+            0
+        };
         let last = len < CHUNK || next_len == 0;
         let ct = cipher
             .encrypt(
@@ -117,7 +127,11 @@ pub fn encrypt(k: &[u8; 32], mut input: impl Read, mut output: impl Write) -> Re
 /// Decrypts a backup from `input` to `output` under `k`; returns the
 /// plaintext length. On error, `output` holds a prefix of unauthenticated
 /// length: write to a temporary file and keep it only on success.
-pub fn decrypt(k: &[u8; 32], mut input: impl Read, mut output: impl Write) -> Result<u64, BackupError> {
+pub fn decrypt(
+    k: &[u8; 32],
+    mut input: impl Read,
+    mut output: impl Write,
+) -> Result<u64, BackupError> {
     let mut header = [0u8; HEADER];
     if fill(&mut input, &mut header)? < HEADER || &header[..8] != MAGIC {
         return Err(BackupError::NotABackup);
@@ -133,7 +147,11 @@ pub fn decrypt(k: &[u8; 32], mut input: impl Read, mut output: impl Write) -> Re
     let mut len = fill(&mut input, &mut current)?;
     let (mut i, mut total) = (0u64, 0u64);
     loop {
-        let next_len = if len == sealed { fill(&mut input, &mut next)? } else { 0 };
+        let next_len = if len == sealed {
+            fill(&mut input, &mut next)?
+        } else {
+            0
+        };
         let last = next_len == 0;
         let plain = Zeroizing::new(
             cipher
@@ -192,7 +210,10 @@ mod tests {
         let sealed = enc(&k, &data);
         let c = CHUNK + TAG;
         // Cut after a whole chunk: the new last chunk was not sealed as last.
-        assert!(matches!(dec(&k, &sealed[..HEADER + 2 * c]), Err(BackupError::Corrupt(1))));
+        assert!(matches!(
+            dec(&k, &sealed[..HEADER + 2 * c]),
+            Err(BackupError::Corrupt(1))
+        ));
         // Cut inside a chunk.
         assert!(dec(&k, &sealed[..sealed.len() - 5]).is_err());
         // Swap chunks 0 and 1.
@@ -205,8 +226,14 @@ mod tests {
         longer.extend_from_slice(&sealed[HEADER..HEADER + c]);
         assert!(dec(&k, &longer).is_err());
         // Another key; a header that is not ours.
-        assert!(matches!(dec(&[5u8; 32], &sealed), Err(BackupError::Corrupt(0))));
-        assert!(matches!(dec(&k, b"not a backup at all, clearly not"), Err(BackupError::NotABackup)));
+        assert!(matches!(
+            dec(&[5u8; 32], &sealed),
+            Err(BackupError::Corrupt(0))
+        ));
+        assert!(matches!(
+            dec(&k, b"not a backup at all, clearly not"),
+            Err(BackupError::NotABackup)
+        ));
         let mut salt_changed = sealed.clone();
         salt_changed[20] ^= 1;
         assert!(dec(&k, &salt_changed).is_err());

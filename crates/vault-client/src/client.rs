@@ -126,15 +126,24 @@ fn is_retryable(status: &tonic::Status) -> bool {
 }
 
 fn from_status(status: tonic::Status) -> ClientError {
-    let kind = detail(&status).map(|d| (Kind::try_from(d.kind).unwrap_or(Kind::Unspecified), d.attempts_left));
+    let kind = detail(&status).map(|d| {
+        (
+            Kind::try_from(d.kind).unwrap_or(Kind::Unspecified),
+            d.attempts_left,
+        )
+    });
     match kind {
         Some((Kind::NotFound, _)) => ClientError::NotFound,
         Some((Kind::Locked, _)) => ClientError::Locked,
-        Some((Kind::WrongPassword, left)) => ClientError::WrongPassword { attempts_left: left },
+        Some((Kind::WrongPassword, left)) => ClientError::WrongPassword {
+            attempts_left: left,
+        },
         Some((Kind::SessionExpired, _)) => ClientError::SessionExpired,
         Some((Kind::NotInitialized, _)) => ClientError::NotInitialized,
         Some((Kind::Conflict, _)) => ClientError::Conflict,
-        Some((Kind::InvalidArgument, _)) => ClientError::InvalidArgument(status.message().to_owned()),
+        Some((Kind::InvalidArgument, _)) => {
+            ClientError::InvalidArgument(status.message().to_owned())
+        }
         Some((Kind::Unavailable, _)) => ClientError::Unavailable(status.message().to_owned()),
         _ if is_retryable(&status) => ClientError::Unavailable(status.message().to_owned()),
         _ => ClientError::Other(format!("{:?}: {}", status.code(), status.message())),
@@ -164,6 +173,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of fleet `fleet_id` at `endpoints`, presenting the frontend
     /// certificate `identity` and trusting node certificates of `fleet_ca`.
+    /// Call it inside a tokio runtime (channels connect lazily on it).
     pub fn new(
         endpoints: Vec<Endpoint>,
         fleet_ca: &Path,
@@ -179,14 +189,16 @@ impl Client {
             .map(|e| {
                 let tls = vault_raft::tls::client_config_for_node(identity, fleet_ca, e.node_id)
                     .map_err(|err| ClientError::Setup(err.to_string()))?;
-                Ok(tonic::transport::Endpoint::from_shared(format!("https://{}", e.addr))
-                    .map_err(|err| ClientError::Setup(err.to_string()))?
-                    .tls_config(tls)
-                    .map_err(|err| ClientError::Setup(err.to_string()))?
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(15))
-                    .connect_lazy())
+                Ok(
+                    tonic::transport::Endpoint::from_shared(format!("https://{}", e.addr))
+                        .map_err(|err| ClientError::Setup(err.to_string()))?
+                        .tls_config(tls)
+                        .map_err(|err| ClientError::Setup(err.to_string()))?
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(15))
+                        .connect_lazy(),
+                )
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         // Spread clients over the nodes.
@@ -204,7 +216,11 @@ impl Client {
     /// A client of the fleet in `fleet` (its nodes' frontend addresses and
     /// CA) using the frontend certificate `frontend-<name>.pem` in the
     /// fleet's PKI directory.
-    pub fn from_fleet(fleet: &vault_raft::config::Fleet, frontend: &str, ksf: Ksf) -> Result<Client, ClientError> {
+    pub fn from_fleet(
+        fleet: &vault_raft::config::Fleet,
+        frontend: &str,
+        ksf: Ksf,
+    ) -> Result<Client, ClientError> {
         let pki = fleet
             .tls
             .fleet_ca
@@ -223,7 +239,13 @@ impl Client {
                 addr: n.frontend_addr,
             })
             .collect();
-        Client::new(endpoints, &fleet.tls.fleet_ca, &identity, fleet.fleet_id.clone(), ksf)
+        Client::new(
+            endpoints,
+            &fleet.tls.fleet_ca,
+            &identity,
+            fleet.fleet_id.clone(),
+            ksf,
+        )
     }
 
     /// How long a call keeps retrying unavailable nodes (default 30 s).
@@ -294,7 +316,8 @@ impl Client {
     }
 
     fn check_keys(&self, keys: Option<&FleetKeys>) -> Result<FleetKeys, ClientError> {
-        let keys = keys.ok_or_else(|| ClientError::Untrusted("no fleet keys in the answer".into()))?;
+        let keys =
+            keys.ok_or_else(|| ClientError::Untrusted("no fleet keys in the answer".into()))?;
         if keys.fleet_id != self.fleet_id.as_str() {
             return Err(ClientError::Untrusted(format!(
                 "answer from fleet {:?}, expected {:?}",
@@ -339,7 +362,8 @@ impl Client {
         k: &[u8; KEY_LEN],
     ) -> Result<Generation, ClientError> {
         let ksf = self.ksf.argon2()?;
-        let (state, request) = Registration::start(&mut OsRng, password).map_err(ClientError::Protocol)?;
+        let (state, request) =
+            Registration::start(&mut OsRng, password).map_err(ClientError::Protocol)?;
         let (_, start) = self
             .any_node(|mut c| {
                 let req = RegisterStartRequest {
@@ -363,7 +387,9 @@ impl Client {
             )
             .map_err(ClientError::Protocol)?;
         if server_pk != keys.opaque_public_key {
-            return Err(ClientError::Untrusted("the OPAQUE server key is not the fleet's".into()));
+            return Err(ClientError::Untrusted(
+                "the OPAQUE server key is not the fleet's".into(),
+            ));
         }
         // A concurrent registration of the same user can win the
         // generation; then try again under a new request id.
@@ -387,12 +413,18 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Unavailable("registrations of this user keep racing".into()))
+        Err(ClientError::Unavailable(
+            "registrations of this user keep racing".into(),
+        ))
     }
 
     /// Recovers `user`'s K with `password`. A wrong password is found at
     /// KE2 and reported with the attempts left, without sending KE3.
-    pub async fn recover(&self, user: &UserId, password: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, ClientError> {
+    pub async fn recover(
+        &self,
+        user: &UserId,
+        password: &[u8],
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, ClientError> {
         let ksf = self.ksf.argon2()?;
         let (login, ke1) = Login::start(&mut OsRng, password).map_err(ClientError::Protocol)?;
         let mut id = [0u8; 16];
@@ -419,7 +451,9 @@ impl Client {
             Err(e) => return Err(ClientError::Protocol(e)),
         };
         if ok.server_public_key != keys.opaque_public_key {
-            return Err(ClientError::Untrusted("the OPAQUE server key is not the fleet's".into()));
+            return Err(ClientError::Untrusted(
+                "the OPAQUE server key is not the fleet's".into(),
+            ));
         }
         let finish = self
             .same_node(node, |mut c| {
@@ -430,7 +464,8 @@ impl Client {
                 async move { c.recover_finish(req).await }
             })
             .await?;
-        ok.open(&finish.sealed_key, user).map_err(ClientError::Protocol)
+        ok.open(&finish.sealed_key, user)
+            .map_err(ClientError::Protocol)
     }
 
     /// `user`'s status (a linearizable read).

@@ -188,16 +188,21 @@ impl FrontendService {
     async fn secrets(&self) -> Result<Arc<FleetSecrets>, Status> {
         self.secrets
             .get_or_try_init(|| async {
-                let fleet = self.reader.with_state(|s| s.fleet().cloned()).ok_or_else(|| {
-                    fail(
-                        Code::FailedPrecondition,
-                        Kind::NotInitialized,
-                        "the fleet is not initialized",
-                        0,
-                    )
-                })?;
+                let fleet = self
+                    .reader
+                    .with_state(|s| s.fleet().cloned())
+                    .ok_or_else(|| {
+                        fail(
+                            Code::FailedPrecondition,
+                            Kind::NotInitialized,
+                            "the fleet is not initialized",
+                            0,
+                        )
+                    })?;
                 if fleet.fleet_id != self.fleet.fleet_id {
-                    return Err(Status::internal("the replicated fleet id is not this fleet file's"));
+                    return Err(Status::internal(
+                        "the replicated fleet id is not this fleet file's",
+                    ));
                 }
                 let setup = timed_hsm(
                     &self.metrics,
@@ -212,8 +217,10 @@ impl FrontendService {
                 let hpke = timed_hsm(
                     &self.metrics,
                     "unseal",
-                    self.hsm
-                        .unseal(hpke_key_aad(&fleet.fleet_id), fleet.sealed_hpke_key.0.clone()),
+                    self.hsm.unseal(
+                        hpke_key_aad(&fleet.fleet_id),
+                        fleet.sealed_hpke_key.0.clone(),
+                    ),
                 )
                 .await
                 .map_err(|e| unavailable(format!("HSM: {e}")))?;
@@ -249,7 +256,12 @@ impl FrontendService {
             at: now(),
             command,
         };
-        match self.proposer.propose(proposal).await.map_err(propose_failed)? {
+        match self
+            .proposer
+            .propose(proposal)
+            .await
+            .map_err(propose_failed)?
+        {
             Reply::Vault(r) => Ok(r),
             Reply::Raft => Err(Status::internal("a command got a Raft reply")),
         }
@@ -285,7 +297,9 @@ impl FrontendService {
                 0,
             )
         };
-        let id: [u8; 16] = id.try_into().map_err(|_| invalid("session_id must be 16 bytes"))?;
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| invalid("session_id must be 16 bytes"))?;
         let session = self
             .sessions
             .lock()
@@ -308,7 +322,11 @@ impl Frontend for FrontendService {
         Gatekeeper::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let request = bounded(&r.registration_request, MAX_OPAQUE_MESSAGE, "registration_request")?;
+        let request = bounded(
+            &r.registration_request,
+            MAX_OPAQUE_MESSAGE,
+            "registration_request",
+        )?;
         let secrets = self.secrets().await?;
         let response = secrets
             .register_start(&user, request)
@@ -326,7 +344,11 @@ impl Frontend for FrontendService {
         Gatekeeper::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let sealed = bounded(&r.sealed_registration, MAX_SEALED_PAYLOAD, "sealed_registration")?;
+        let sealed = bounded(
+            &r.sealed_registration,
+            MAX_SEALED_PAYLOAD,
+            "sealed_registration",
+        )?;
         let id = request_id(&r.request_id)?;
         let max_attempts = match r.max_attempts {
             0 => self.fleet.max_attempts_cap,
@@ -466,7 +488,11 @@ impl Frontend for FrontendService {
         // fresh because this session finishes at most once.
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
-        let digest = RequestDigest::of(&[b"finish-attempt", user.as_str().as_bytes(), &[u8::from(success)]]);
+        let digest = RequestDigest::of(&[
+            b"finish-attempt",
+            user.as_str().as_bytes(),
+            &[u8::from(success)],
+        ]);
         let finished = self
             .propose(
                 RequestId(id),
