@@ -84,7 +84,8 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
         /// Wait up to this many seconds for one leader that every member
-        /// follows, with equal applied indexes; exit 1 if it does not come.
+        /// follows, all ready, with equal applied indexes and digests; exit 1
+        /// if it does not come.
         #[arg(long)]
         wait_converged: Option<u64>,
     },
@@ -276,8 +277,8 @@ fn role_name(role: i32) -> &'static str {
     }
 }
 
-/// One leader named by every reachable member, all members reachable, and
-/// equal applied indexes.
+/// One leader named by every reachable member, all members reachable and
+/// ready, and equal applied indexes and state digests.
 fn converged(all: &[(u64, Result<StatusReply, String>)]) -> bool {
     let ok: Vec<&StatusReply> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
     let Some(first) = ok.first() else {
@@ -297,6 +298,7 @@ fn converged(all: &[(u64, Result<StatusReply, String>)]) -> bool {
                     && s.leader_id == leader
                     && s.applied_index == first.applied_index
                     && s.fleet_initialized
+                    && s.ready
             })
         })
         && ok

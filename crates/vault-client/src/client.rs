@@ -374,7 +374,7 @@ impl Client {
             })
             .await?;
         let keys = self.check_keys(start.fleet.as_ref())?;
-        let (sealed, server_pk) = state
+        let out = state
             .finish(
                 &mut OsRng,
                 password,
@@ -386,11 +386,12 @@ impl Client {
                 k,
             )
             .map_err(ClientError::Protocol)?;
-        if server_pk != keys.opaque_public_key {
+        if out.server_public_key != keys.opaque_public_key {
             return Err(ClientError::Untrusted(
                 "the OPAQUE server key is not the fleet's".into(),
             ));
         }
+        let sealed = out.sealed.clone();
         // A concurrent registration of the same user can win the
         // generation; then try again under a new request id.
         for _ in 0..3 {

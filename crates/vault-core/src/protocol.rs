@@ -180,6 +180,14 @@ pub fn record_aad(fleet: &FleetId, user: &UserId, generation: Generation) -> Vec
     aad
 }
 
+/// Checks that `ke1` is a well-formed KE1, without any secret: a node
+/// calls this before it commits an attempt, so junk never costs one.
+pub fn check_ke1(ke1: &[u8]) -> Result<(), ProtocolError> {
+    CredentialRequest::<Suite>::deserialize(bounded(ke1, MAX_OPAQUE_MESSAGE, "KE1")?)
+        .map(drop)
+        .map_err(|_| ProtocolError::Malformed("KE1"))
+}
+
 /// The fleet's secrets, unsealed in a node's memory: the OPAQUE server
 /// setup and the HPKE private key. Zeroized on drop (by the libraries'
 /// own types and [`Zeroizing`]).
@@ -461,9 +469,7 @@ pub mod client {
         }
 
         /// Finishes it with the server's response: wraps `k` under the export
-        /// key and seals `{upload, enc_K}` to the fleet's HPKE key. Returns
-        /// the sealed payload for `RegisterFinish` and the server's OPAQUE
-        /// public key (to check against the fleet-key bundle).
+        /// key and seals `{upload, enc_K}` to the fleet's HPKE key.
         #[expect(
             clippy::too_many_arguments,
             reason = "each is a distinct protocol input"
@@ -478,7 +484,7 @@ pub mod client {
             fleet_hpke_pk: &[u8],
             ksf: &argon2::Argon2<'static>,
             k: &[u8; KEY_LEN],
-        ) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+        ) -> Result<RegistrationOutput, ProtocolError> {
             let response = RegistrationResponse::<Suite>::deserialize(bounded(
                 response,
                 MAX_OPAQUE_MESSAGE,
@@ -495,7 +501,7 @@ pub mod client {
             let enc_k = aead_seal(rng, &wrap_key, k, user.as_str().as_bytes());
             let payload = RegisterPayload {
                 upload: done.message.serialize().to_vec(),
-                enc_k,
+                enc_k: enc_k.clone(),
             };
             let pk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(fleet_hpke_pk)
                 .map_err(|_| ProtocolError::Malformed("fleet HPKE key"))?;
@@ -510,8 +516,28 @@ pub mod client {
             .map_err(|_| ProtocolError::Internal("HPKE seal"))?;
             let mut sealed = encapped.to_bytes().to_vec();
             sealed.extend_from_slice(&ct);
-            Ok((sealed, done.server_s_pk.serialize().to_vec()))
+            Ok(RegistrationOutput {
+                sealed,
+                server_public_key: done.server_s_pk.serialize().to_vec(),
+                export_key: Zeroizing::new(done.export_key.to_vec()),
+                upload: Zeroizing::new(payload.upload.clone()),
+                enc_k: Zeroizing::new(enc_k),
+            })
         }
+    }
+
+    /// What a finished registration gives the app.
+    pub struct RegistrationOutput {
+        /// The HPKE-sealed payload for `RegisterFinish` (safe to relay).
+        pub sealed: Vec<u8>,
+        /// The server's OPAQUE public key (check it against the bundle).
+        pub server_public_key: Vec<u8>,
+        /// The app's secret: the OPAQUE export key.
+        pub export_key: Zeroizing<Vec<u8>>,
+        /// The app's secret: the OPAQUE registration upload (the record).
+        pub upload: Zeroizing<Vec<u8>>,
+        /// The app's secret: K wrapped under the export key.
+        pub enc_k: Zeroizing<Vec<u8>>,
     }
 
     /// Recovery, first half: KE1.
@@ -583,6 +609,11 @@ pub mod client {
     }
 
     impl LoginSuccess {
+        /// The app's secret: the OPAQUE export key of this login.
+        pub fn export_key(&self) -> &[u8] {
+            &self.export_key
+        }
+
         /// Opens the `RecoverFinish` answer and unwraps K.
         pub fn open(
             &self,

@@ -24,7 +24,7 @@ fn register(f: &FleetSecrets, rng: &mut ChaCha20Rng, who: &UserId, password: &[u
     let k = [9u8; 32];
     let (reg, request) = Registration::start(rng, password).unwrap();
     let response = f.register_start(who, &request).unwrap();
-    let (sealed, server_pk) = reg
+    let out = reg
         .finish(
             rng,
             password,
@@ -36,8 +36,9 @@ fn register(f: &FleetSecrets, rng: &mut ChaCha20Rng, who: &UserId, password: &[u
             &k,
         )
         .unwrap();
-    assert_eq!(server_pk, f.opaque_public_key());
-    let record = f.register_finish(who, &sealed).unwrap();
+    assert_eq!(out.server_public_key, f.opaque_public_key());
+    let record = f.register_finish(who, &out.sealed).unwrap();
+    assert_eq!(record.enc_k, *out.enc_k);
     Registered { record, k }
 }
 
@@ -103,7 +104,7 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
     let ksf = argon2id(64, 1, 1).unwrap();
     let (reg, request) = Registration::start(&mut rng, b"pw").unwrap();
     let response = f.register_start(&carol, &request).unwrap();
-    let (sealed, _) = reg
+    let sealed = reg
         .finish(
             &mut rng,
             b"pw",
@@ -114,7 +115,8 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
             &ksf,
             &[1; 32],
         )
-        .unwrap();
+        .unwrap()
+        .sealed;
     assert_eq!(
         f.register_finish(&user("dave"), &sealed).err(),
         Some(ProtocolError::Unauthentic("sealed registration"))

@@ -352,6 +352,12 @@ impl Frontend for FrontendService {
         let id = request_id(&r.request_id)?;
         let max_attempts = match r.max_attempts {
             0 => self.fleet.max_attempts_cap,
+            n if n > self.fleet.max_attempts_cap => {
+                return Err(invalid(format!(
+                    "max_attempts {n} is above the fleet's cap {}",
+                    self.fleet.max_attempts_cap
+                )));
+            }
             n => n,
         };
         let secrets = self.secrets().await?;
@@ -416,6 +422,8 @@ impl Frontend for FrontendService {
         let user = user_id(&r.user_id)?;
         let ke1 = bounded(&r.ke1, MAX_OPAQUE_MESSAGE, "ke1")?;
         let id = request_id(&r.request_id)?;
+        // Junk must not cost the user an attempt: parse before committing.
+        vault_core::protocol::check_ke1(ke1).map_err(|e| invalid(e.to_string()))?;
         let secrets = self.secrets().await?;
         // The digest binds the request id to this KE1: a retry with another
         // KE1 (another password guess) under the same id is refused.

@@ -263,10 +263,10 @@ async fn track(
     health: tonic_health::server::HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut rx = raft.metrics();
+    let rx = raft.metrics();
     let mut was_ready = false;
     loop {
-        let m = rx.borrow_and_update().clone();
+        let m = rx.borrow().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         metrics.term.set(m.current_term as i64);
         metrics.leader.set(m.current_leader.unwrap_or(0) as i64);
@@ -308,9 +308,11 @@ async fn track(
             was_ready = is_ready;
         }
         let _ = ready_tx.send(readiness);
+        // Poll rather than wake on every metrics change: reading the
+        // committed index goes through Raft's core, which publishes metrics
+        // again, so waking on changes would spin.
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             () = crate::http::stop_requested(&mut stop) => return,
         }
     }

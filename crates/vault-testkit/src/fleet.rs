@@ -344,7 +344,31 @@ impl TestFleet {
             .args(args)
             .env("BKV_FLEET_CONFIG", &self.config)
             .env("BKV_FLEET_DIR", self.dir.path())
+            .env("BKV_FRONTEND", "test")
+            .env("BKV_KSF", "fast")
             .output()?)
+    }
+
+    /// Runs `vaultctl <args>` with `stdin` as its standard input (for
+    /// `--password-stdin`).
+    pub fn vaultctl_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<Output> {
+        use std::io::Write;
+        let mut child = Command::new(&self.bins.vaultctl)
+            .args(args)
+            .env("BKV_FLEET_CONFIG", &self.config)
+            .env("BKV_FLEET_DIR", self.dir.path())
+            .env("BKV_FRONTEND", "test")
+            .env("BKV_KSF", "fast")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        Ok(child.wait_with_output()?)
     }
 
     /// Like [`TestFleet::vaultctl`], failing unless it exits 0.
@@ -396,6 +420,66 @@ impl TestFleet {
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         ensure!(out.starts_with("HTTP/1.1 200"), "GET /metrics: {out}");
+        Ok(out)
+    }
+
+    /// A vault client of this fleet (frontend certificate `test`, the fast
+    /// Argon2id profile). Call inside a tokio runtime.
+    pub fn client(&self) -> anyhow::Result<vault_client::Client> {
+        Ok(vault_client::Client::from_fleet(
+            &self.fleet,
+            "test",
+            vault_client::Ksf::Fast,
+        )?)
+    }
+
+    /// A raw frontend-API client of node `id` with the `test` frontend
+    /// certificate, connected now.
+    pub async fn frontend(
+        &self,
+        id: u64,
+    ) -> anyhow::Result<vault_proto::v1::frontend_client::FrontendClient<tonic::transport::Channel>>
+    {
+        let pki = self.dir.path().join("pki");
+        let tls = crate::client::tls(
+            &self.fleet.tls.fleet_ca,
+            Some((
+                &pki.join("frontend-test.pem"),
+                &pki.join("frontend-test.key"),
+            )),
+            id,
+        )?;
+        let addr = self
+            .fleet
+            .node(id)
+            .map_err(anyhow::Error::msg)?
+            .frontend_addr;
+        Ok(vault_proto::v1::frontend_client::FrontendClient::new(
+            crate::client::connect(addr, Some(tls)).await?,
+        ))
+    }
+
+    /// Every file under node `id`'s data directory, concatenated with its
+    /// log: what a disk thief or a log reader would get.
+    pub fn disk_and_logs(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        let mut out = std::fs::read(self.log_path(id)).unwrap_or_default();
+        let mut stack = vec![
+            self.fleet
+                .node(id)
+                .map_err(anyhow::Error::msg)?
+                .data_dir
+                .clone(),
+        ];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    out.extend(std::fs::read(entry.path())?);
+                }
+            }
+        }
         Ok(out)
     }
 
