@@ -8,6 +8,8 @@
 #                              initialize the fleet on first start, wait for
 #                              a leader and print the status. On a running
 #                              or stopped fleet: restart it, keeping data.
+#   ./scripts/fleet.sh start   start the nodes that are not running (no
+#                              build, no provisioning; e.g. after a kill)
 #   ./scripts/fleet.sh down    stop the nodes (SIGTERM; SIGKILL after 15 s)
 #   ./scripts/fleet.sh status  the fleet's status (vaultctl cluster status)
 #   ./scripts/fleet.sh logs    the last lines of every node's log
@@ -29,7 +31,7 @@ NODES=(1 2 3)
 BIN="$CARGO_TARGET_DIR/debug"
 export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="$FLEET_CONFIG"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 new_pin() {
   local path=$1
@@ -103,6 +105,10 @@ down() {
 
 start_nodes() {
   for n in "${NODES[@]}"; do
+    if pid=$(pid_of "$n"); then
+      bkv_log "node-$n: running already (pid $pid)"
+      continue
+    fi
     mkdir -p "$FLEET_DIR/node-$n"
     setsid "$BIN/vault-node" --node-id "$n" >>"$FLEET_DIR/node-$n.log" 2>&1 < /dev/null &
     echo $! > "$FLEET_DIR/node-$n.pid"
@@ -143,6 +149,7 @@ EOT
 
 case "${1:-}" in
   up) up ;;
+  start) start_nodes; "$BIN/vaultctl" cluster status --wait-converged 60 ;;
   down) down ;;
   status) "$BIN/vaultctl" cluster status "${@:2}" ;;
   logs) for n in "${NODES[@]}"; do echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
