@@ -78,31 +78,41 @@ fn fill(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Encrypts `input` to `output` under `k`; returns the plaintext length.
-pub fn encrypt(
+pub fn encrypt(k: &[u8; 32], input: impl Read, output: impl Write) -> Result<u64, BackupError> {
+    let mut salt = [0u8; 32];
+    OsRng.fill_bytes(&mut salt);
+    encrypt_with(k, &salt, CHUNK, input, output)
+}
+
+/// [`encrypt`] with a given salt and chunk size (1 byte to 16 MiB):
+/// deterministic, for test vectors and other implementations' tests. Use
+/// [`encrypt`] for backups.
+pub fn encrypt_with(
     k: &[u8; 32],
+    salt: &[u8; 32],
+    chunk: usize,
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<u64, BackupError> {
+    let chunk = chunk.clamp(1, 16 << 20);
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&(CHUNK as u32).to_be_bytes());
-    let mut salt = [0u8; 32];
-    OsRng.fill_bytes(&mut salt);
-    header.extend_from_slice(&salt);
+    header.extend_from_slice(&(chunk as u32).to_be_bytes());
+    header.extend_from_slice(salt);
     output.write_all(&header)?;
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(file_key(k, &salt).as_ref()));
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(file_key(k, salt).as_ref()));
     // Read one chunk ahead to know which chunk is the last.
-    let mut current = Zeroizing::new(vec![0u8; CHUNK]);
-    let mut next = Zeroizing::new(vec![0u8; CHUNK]);
+    let mut current = Zeroizing::new(vec![0u8; chunk]);
+    let mut next = Zeroizing::new(vec![0u8; chunk]);
     let mut len = fill(&mut input, &mut current)?;
     let (mut i, mut total) = (0u64, 0u64);
     loop {
-        let next_len = if len == CHUNK {
+        let next_len = if len == chunk {
             fill(&mut input, &mut next)?
         } else {
             0
         };
-        let last = len < CHUNK || next_len == 0;
+        let last = len < chunk || next_len == 0;
         let ct = cipher
             .encrypt(
                 Nonce::from_slice(&nonce(i, last)),

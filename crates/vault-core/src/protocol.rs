@@ -150,6 +150,72 @@ fn bounded<'a>(bytes: &'a [u8], max: usize, what: &'static str) -> Result<&'a [u
     }
 }
 
+// ------------------------------------------------------ the two AEAD layers
+
+/// `enc_K`: K wrapped under the OPAQUE export key (docs/PROTOCOL.md).
+pub fn wrap_key(
+    rng: &mut (impl CryptoRng + RngCore),
+    export_key: &[u8],
+    user: &UserId,
+    k: &[u8; KEY_LEN],
+) -> Vec<u8> {
+    aead_seal(
+        rng,
+        &hkdf_key(export_key, WRAP_INFO),
+        k,
+        user.as_str().as_bytes(),
+    )
+}
+
+/// K from `enc_K` and the export key.
+pub fn unwrap_key(
+    export_key: &[u8],
+    user: &UserId,
+    enc_k: &[u8],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, ProtocolError> {
+    let k = aead_open(
+        &hkdf_key(export_key, WRAP_INFO),
+        enc_k,
+        user.as_str().as_bytes(),
+        "wrapped key",
+    )?;
+    let k: [u8; KEY_LEN] = k
+        .as_slice()
+        .try_into()
+        .map_err(|_| ProtocolError::Malformed("wrapped key"))?;
+    Ok(Zeroizing::new(k))
+}
+
+/// The `RecoverFinish` answer: `enc_K` under the OPAQUE session key
+/// (docs/PROTOCOL.md).
+pub fn seal_answer(
+    rng: &mut (impl CryptoRng + RngCore),
+    session_key: &[u8],
+    user: &UserId,
+    enc_k: &[u8],
+) -> Vec<u8> {
+    aead_seal(
+        rng,
+        &hkdf_key(session_key, RESPONSE_INFO),
+        enc_k,
+        user.as_str().as_bytes(),
+    )
+}
+
+/// `enc_K` from a `RecoverFinish` answer and the session key.
+pub fn open_answer(
+    session_key: &[u8],
+    user: &UserId,
+    answer: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
+    aead_open(
+        &hkdf_key(session_key, RESPONSE_INFO),
+        answer,
+        user.as_str().as_bytes(),
+        "recovery answer",
+    )
+}
+
 // ---------------------------------------------------------------- fleet keys
 
 /// A new fleet HPKE private key, deterministic in `seed` (32 bytes of HSM
@@ -365,8 +431,7 @@ impl ServerLoginState {
             .state
             .finish(ke3, params)
             .map_err(|_| ProtocolError::WrongPassword)?;
-        let key = hkdf_key(&done.session_key, RESPONSE_INFO);
-        Ok(aead_seal(rng, &key, enc_k, self.user.as_str().as_bytes()))
+        Ok(seal_answer(rng, &done.session_key, &self.user, enc_k))
     }
 }
 
@@ -497,8 +562,7 @@ pub mod client {
                 .state
                 .finish(rng, password, response, params)
                 .map_err(|_| ProtocolError::Malformed("registration response"))?;
-            let wrap_key = hkdf_key(&done.export_key, WRAP_INFO);
-            let enc_k = aead_seal(rng, &wrap_key, k, user.as_str().as_bytes());
+            let enc_k = wrap_key(rng, &done.export_key, user, k);
             let payload = RegisterPayload {
                 upload: done.message.serialize().to_vec(),
                 enc_k: enc_k.clone(),
@@ -620,24 +684,13 @@ pub mod client {
             answer: &[u8],
             user: &UserId,
         ) -> Result<Zeroizing<[u8; KEY_LEN]>, ProtocolError> {
-            let aad = user.as_str().as_bytes();
-            let enc_k = aead_open(
-                &hkdf_key(&self.session_key, RESPONSE_INFO),
-                answer,
-                aad,
-                "recovery answer",
-            )?;
-            let k = aead_open(
-                &hkdf_key(&self.export_key, WRAP_INFO),
-                &enc_k,
-                aad,
-                "wrapped key",
-            )?;
-            let k: [u8; KEY_LEN] = k
-                .as_slice()
-                .try_into()
-                .map_err(|_| ProtocolError::Malformed("wrapped key"))?;
-            Ok(Zeroizing::new(k))
+            let enc_k = open_answer(&self.session_key, user, answer)?;
+            unwrap_key(&self.export_key, user, &enc_k)
+        }
+
+        /// The app's secret: the OPAQUE session key of this login.
+        pub fn session_key(&self) -> &[u8] {
+            &self.session_key
         }
     }
 }
