@@ -1,0 +1,2 @@
+//! Conformance client: see below.
+fn main() {}
