@@ -142,7 +142,7 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             &mut OsRng,
             password,
             RegistrationResponse::deserialize(&reply.registration_response)?,
-            ClientRegistrationFinishParameters::new(ids.clone(), Some(&ksf)),
+            ClientRegistrationFinishParameters::new(ids, Some(&ksf)),
         )?;
         ensure!(done.server_s_pk.serialize().to_vec() == keys.opaque_public_key);
         let enc_k = seal(
@@ -200,7 +200,7 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             &mut OsRng,
             password,
             CredentialResponse::deserialize(&started.ke2)?,
-            ClientLoginFinishParameters::new(Some(CONTEXT), ids.clone(), Some(&ksf)),
+            ClientLoginFinishParameters::new(Some(CONTEXT), ids, Some(&ksf)),
         )?;
         let answer = c
             .recover_finish(RecoverFinishRequest {
