@@ -81,23 +81,6 @@ fn started(template: &Template, spec: FleetSpec) -> anyhow::Result<TestFleet> {
     Ok(fleet)
 }
 
-/// On failure, the nodes' logs are what explains it.
-fn with_logs<T>(fleet: &TestFleet, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    result.map_err(|e| {
-        let mut logs = String::new();
-        for id in fleet.fleet().nodes.keys() {
-            let log = fleet.log(*id);
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            logs.push_str(&format!("\n--- node {id} log (last lines) ---\n"));
-            for l in tail.into_iter().rev() {
-                logs.push_str(l);
-                logs.push('\n');
-            }
-        }
-        e.context(logs)
-    })
-}
-
 fn voters(status: &serde_json::Value, leader: u64) -> Vec<u64> {
     node_status(status, leader)
         .and_then(|n| n["members"].as_array())
@@ -116,7 +99,7 @@ fn field(status: &serde_json::Value, id: u64, name: &str) -> anyhow::Result<u64>
 
 fn three_nodes_elect_one_leader_and_converge(template: &Template) -> TestResult {
     let fleet = started(template, FleetSpec::voters(3))?;
-    let status = with_logs(&fleet, fleet.wait_converged(CONVERGE))?;
+    let status = fleet.with_logs(fleet.wait_converged(CONVERGE))?;
     let leaders = status["leaders"].as_array().context("leaders")?;
     ensure!(leaders.len() == 1, "want one leader: {status:#}");
     let leader = leaders[0].as_u64().context("leader id")?;
@@ -228,7 +211,7 @@ fn killing_the_leader_elects_another_and_loses_nothing(template: &Template) -> T
         );
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn a_node_behind_a_purged_log_catches_up_by_snapshot(template: &Template) -> TestResult {
@@ -272,7 +255,7 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot(template: &Template) -> Tes
         fleet.wait_converged(CONVERGE)?;
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn add_a_learner_promote_it_then_remove_another(template: &Template) -> TestResult {
@@ -326,7 +309,7 @@ fn add_a_learner_promote_it_then_remove_another(template: &Template) -> TestResu
             other => bail!("user-4: {other:?}"),
         }
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn vote(term: u64, candidate: u64) -> openraft::raft::VoteRequest<u64> {
@@ -415,7 +398,7 @@ fn a_node_certificate_cannot_speak_for_another_node(template: &Template) -> Test
         );
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn the_frontend_port_refuses_plaintext_and_certless_clients(template: &Template) -> TestResult {
@@ -465,7 +448,7 @@ fn the_frontend_port_refuses_plaintext_and_certless_clients(template: &Template)
         );
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn sigterm_stops_cleanly_and_the_node_restarts_with_its_data(template: &Template) -> TestResult {
@@ -513,5 +496,5 @@ fn sigterm_stops_cleanly_and_the_node_restarts_with_its_data(template: &Template
         }
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }

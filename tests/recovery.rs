@@ -95,23 +95,6 @@ fn started(template: &Template) -> anyhow::Result<TestFleet> {
     Ok(fleet)
 }
 
-/// Adds the nodes' last log lines to a failure.
-fn with_logs<T>(fleet: &TestFleet, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    result.map_err(|e| {
-        let mut logs = String::new();
-        for id in fleet.fleet().nodes.keys() {
-            let log = fleet.log(*id);
-            let tail: Vec<&str> = log.lines().rev().take(12).collect();
-            logs.push_str(&format!("\n--- node {id} log (last lines) ---\n"));
-            for l in tail.into_iter().rev() {
-                logs.push_str(l);
-                logs.push('\n');
-            }
-        }
-        e.context(logs)
-    })
-}
-
 fn user(s: &str) -> UserId {
     UserId::new(s).expect("user id")
 }
@@ -371,7 +354,7 @@ fn right_password_recovers_exactly_k_and_the_backup_decrypts(template: &Template
         ensure!(out.status.code() == Some(4), "locked exit {:?}", out.status);
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn wrong_passwords_lock_the_record_and_a_success_resets_the_count(
@@ -417,7 +400,7 @@ fn wrong_passwords_lock_the_record_and_a_success_resets_the_count(
             other => bail!("after delete: {other:?}"),
         }
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn re_registration_bumps_the_generation_and_an_old_session_cannot_finish(
@@ -460,7 +443,7 @@ fn re_registration_bumps_the_generation_and_an_old_session_cannot_finish(
         );
         Ok(())
     });
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn a_retried_recover_start_costs_one_attempt_and_another_ke1_is_refused(
@@ -518,7 +501,7 @@ fn a_retried_recover_start_costs_one_attempt_and_another_ke1_is_refused(
         ensure!(*ok.open(&fin.sealed_key, &erin)? == [3; 32]);
         Ok(())
     });
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn recovery_works_after_the_leader_that_took_the_registration_is_killed(
@@ -540,7 +523,7 @@ fn recovery_works_after_the_leader_that_took_the_registration_is_killed(
         ensure!(*again == *k, "recovered another key after the failover");
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn a_relaying_frontend_and_the_disks_never_see_the_apps_secrets(template: &Template) -> TestResult {
@@ -599,7 +582,7 @@ fn a_relaying_frontend_and_the_disks_never_see_the_apps_secrets(template: &Templ
         }
         Ok(())
     })();
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }
 
 fn malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving(
@@ -760,5 +743,5 @@ fn malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving(
         ensure!(k == [5; 32]);
         Ok(())
     });
-    with_logs(&fleet, result)
+    fleet.with_logs(result)
 }

@@ -176,6 +176,29 @@ struct Node {
     child: Child,
 }
 
+impl Node {
+    /// Waits up to `within` for the process to exit; kills it and fails
+    /// with `why()` if it does not.
+    fn wait_exit(
+        mut self,
+        within: Duration,
+        why: impl FnOnce() -> String,
+    ) -> anyhow::Result<ExitStatus> {
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= give_up {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(why());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// A fleet of node processes in a private directory. Dropping it kills
 /// every node still running.
 pub struct TestFleet {
@@ -289,45 +312,45 @@ impl TestFleet {
 
     /// SIGTERMs node `id` and waits up to `within` for it to exit.
     pub fn terminate(&mut self, id: u64, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut node = self
-            .running
-            .remove(&id)
-            .with_context(|| format!("node {id} is not running"))?;
+        let node = self.take(id)?;
         signal(node.child.id(), "TERM")?;
-        let give_up = Instant::now() + within;
-        loop {
-            if let Some(status) = node.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= give_up {
-                let _ = node.child.kill();
-                let _ = node.child.wait();
-                bail!("node {id} did not exit within {within:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        node.wait_exit(within, || {
+            format!("node {id} did not exit within {within:?} of SIGTERM")
+        })
     }
 
     /// Closes node `id`'s stdin, as the death of this process would, and
     /// waits up to `within` for the node to exit by itself.
     pub fn orphan(&mut self, id: u64, within: Duration) -> anyhow::Result<ExitStatus> {
-        let mut node = self
-            .running
-            .remove(&id)
-            .with_context(|| format!("node {id} is not running"))?;
+        let mut node = self.take(id)?;
         drop(node.child.stdin.take());
-        let give_up = Instant::now() + within;
-        loop {
-            if let Some(status) = node.child.try_wait()? {
-                return Ok(status);
+        node.wait_exit(within, || {
+            format!("node {id} outlived its closed stdin by {within:?}")
+        })
+    }
+
+    fn take(&mut self, id: u64) -> anyhow::Result<Node> {
+        self.running
+            .remove(&id)
+            .with_context(|| format!("node {id} is not running"))
+    }
+
+    /// Adds the last log lines of every node to a failure: on failure, the
+    /// logs are what explains it.
+    pub fn with_logs<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|e| {
+            let mut logs = String::new();
+            for id in self.fleet.nodes.keys() {
+                let log = self.log(*id);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                logs.push_str(&format!("\n--- node {id} log (last lines) ---\n"));
+                for l in tail.into_iter().rev() {
+                    logs.push_str(l);
+                    logs.push('\n');
+                }
             }
-            if Instant::now() >= give_up {
-                let _ = node.child.kill();
-                let _ = node.child.wait();
-                bail!("node {id} outlived its closed stdin by {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            e.context(logs)
+        })
     }
 
     /// Whether node `id` is running (and has not exited by itself).
