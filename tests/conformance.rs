@@ -15,7 +15,6 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use hpke::{Deserializable, Serializable};
-use libtest_mimic::{Arguments, Failed, Trial};
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
@@ -94,20 +93,13 @@ fn request_id() -> Vec<u8> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let template = match Template::provision(3) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("provisioning the fleet template failed: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let trial = Trial::test(
-        "a_client_written_from_the_spec_registers_recovers_and_decrypts",
-        move || spec_client(&template).map_err(|e| Failed::from(format!("{e:#}"))),
-    );
-    libtest_mimic::run(&args, vec![trial]).exit_code()
+    vault_testkit::run_fleet_tests(
+        3,
+        vec![(
+            "a_client_written_from_the_spec_registers_recovers_and_decrypts",
+            spec_client,
+        )],
+    )
 }
 
 fn spec_client(template: &Template) -> anyhow::Result<()> {

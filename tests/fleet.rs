@@ -10,26 +10,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use libtest_mimic::{Arguments, Failed, Trial};
 use vault_testkit::client::{self, Driver};
 use vault_testkit::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status};
 use vault_types::{Reply, Response};
 
 type TestResult = anyhow::Result<()>;
-type FleetTest = fn(&Template) -> TestResult;
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let template = match Template::provision(4) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("provisioning the fleet template failed: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let template = std::sync::Arc::new(template);
-    let tests: Vec<(&str, FleetTest)> = vec![
+    let tests: Vec<(&str, vault_testkit::FleetTest)> = vec![
         (
             "three_nodes_elect_one_leader_and_converge",
             three_nodes_elect_one_leader_and_converge,
@@ -59,16 +47,7 @@ fn main() -> ExitCode {
             sigterm_stops_cleanly_and_the_node_restarts_with_its_data,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let t = template.clone();
-            Trial::test(name, move || {
-                f(&t).map_err(|e| Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    vault_testkit::run_fleet_tests(4, tests)
 }
 
 const CONVERGE: Duration = Duration::from_secs(30);

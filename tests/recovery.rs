@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use libtest_mimic::{Arguments, Failed, Trial};
 use prost::Message;
 use rand::RngCore;
 use rand::rngs::OsRng;
@@ -27,19 +26,9 @@ use vault_testkit::{FleetSpec, Template, TestFleet};
 use vault_types::{FleetId, UserId};
 
 type TestResult = anyhow::Result<()>;
-type RecoveryTest = fn(&Template) -> TestResult;
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let template = match Template::provision(3) {
-        Ok(t) => std::sync::Arc::new(t),
-        Err(e) => {
-            eprintln!("provisioning the fleet template failed: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let tests: Vec<(&str, RecoveryTest)> = vec![
+    let tests: Vec<(&str, vault_testkit::FleetTest)> = vec![
         (
             "right_password_recovers_exactly_k_and_the_backup_decrypts",
             right_password_recovers_exactly_k_and_the_backup_decrypts,
@@ -69,16 +58,7 @@ fn main() -> ExitCode {
             malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let t = template.clone();
-            Trial::test(name, move || {
-                f(&t).map_err(|e| Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    vault_testkit::run_fleet_tests(3, tests)
 }
 
 const CONVERGE: Duration = Duration::from_secs(30);

@@ -19,5 +19,36 @@ pub mod client;
 mod fleet;
 mod process;
 
+/// A fleet test: gets the shared template, fails with an error.
+pub type FleetTest = fn(&Template) -> anyhow::Result<()>;
+
+/// The `main` of a fleet test binary (`harness = false`): provisions a
+/// template for `nodes` nodes once, then runs `tests` one at a time (each
+/// starts several node processes) with libtest's command line and output.
+pub fn run_fleet_tests(
+    nodes: u64,
+    tests: Vec<(&'static str, FleetTest)>,
+) -> std::process::ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    let template = match Template::provision(nodes) {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(e) => {
+            eprintln!("provisioning the fleet template failed: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let t = template.clone();
+            libtest_mimic::Trial::test(name, move || {
+                f(&t).map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
 pub use fleet::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status};
 pub use process::{Bins, free_ports};
