@@ -48,6 +48,7 @@ for run in "${RUNS[@]}"; do
   line=$("$B" --workload "$workload" --concurrency "$conc" --duration "$DURATION" \
            --json "$OUT/$workload-$conc.json" "${extra[@]}" 2>/dev/null)
   echo "$line"
+  [ "$workload $conc" = "recover 20" ] && STORAGE=$(echo "$line" | grep '^node ' || true)
   j="$OUT/$workload-$conc.json"
   field() { sed -n "s/^ *\"$1\": \([0-9.]*\).*/\1/p" "$j" | head -1; }
   ROWS+=("| $workload | $conc | $(printf '%.0f' "$(field throughput_per_s)") | $(field p50) | $(field p90) | $(field p99) | $(field p99_9) | $(field errors) | $(printf '%.2f' "$(field client_cpu_cores)") |")
@@ -73,7 +74,11 @@ CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo
   echo "**Ceiling:** one core does $(printf '%.0f' "${CEILING:-0}") OPAQUE server logins per second (KE2 + KE3 checks, in-process, no Raft, no HSM): about $(awk -v c="${CEILING:-0}" 'BEGIN { printf "%.0f", 2 * c }') on both cores if OPAQUE were all the fleet did."
   echo
-  echo "**Targets** (3-node loopback fleet on this 2-core machine, fsync on): ≥ 2 000 full recoveries/s, p50 ≤ 5 ms for a full recovery at 5 clients, ≥ 2 000 registrations/s. The fleet is far from them and has not been profiled yet. Unverified suspects, in the order they will be checked: everything but the crypto crates runs unoptimized in the shared dev profile (tonic, hyper, openraft, prost, rustls' handshakes); each commit costs two fsyncs per node (log append, then state-machine apply); a recovery is two commits and a follower adds a forward hop to each; the read barrier in \`status\` and \`register\` is a quorum round trip."
+  echo "**Group commit** (recover, 20 clients; from the nodes' \`bkv_storage_*\` metrics, fsyncs counting log appends, votes and state-machine applies):"
+  echo
+  echo "${STORAGE:-(no storage metrics)}" | sed 's/^/- /'
+  echo
+  echo "**Targets** (3-node loopback fleet on this 2-core machine, fsync on): ≥ 2 000 full recoveries/s, p50 ≤ 5 ms for a full recovery at 5 clients, ≥ 2 000 registrations/s. The fleet is far from them and has not been profiled yet. Observed: followers batch several entries per fsync, but the leader appends each entry alone (one fsync per entry), so it does not group-commit client writes yet. Unverified suspects, in the order they will be checked: everything but the crypto crates runs unoptimized in the shared dev profile (tonic, hyper, openraft, prost, rustls' handshakes); each commit costs two fsyncs per node (log append, then state-machine apply); a recovery is two commits and a follower adds a forward hop to each; the read barrier in \`status\` and \`register\` is a quorum round trip."
   echo
   echo "Raw results: \`.fleet/bench/*.json\`."
 } > docs/BENCHMARKS.md

@@ -169,6 +169,40 @@ fn opaque_ceiling() -> anyhow::Result<f64> {
     Ok(n as f64 / server_time.as_secs_f64())
 }
 
+/// The storage counters of every node, from their `/metrics`:
+/// (synced writes, log entries appended, log appends) by node id.
+fn storage_counters(fleet: &Fleet) -> BTreeMap<u64, [f64; 3]> {
+    use std::io::{Read, Write};
+    let mut out = BTreeMap::new();
+    for n in fleet.nodes.values() {
+        let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&n.metrics_addr, Duration::from_secs(1))
+        else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        out.insert(
+            n.id,
+            [
+                value("bkv_storage_synced_writes{"),
+                value("bkv_storage_log_entries_appended{"),
+                value("bkv_storage_log_appends{"),
+            ],
+        );
+    }
+    out
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -229,6 +263,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let storage0 = storage_counters(&fleet);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
@@ -316,6 +351,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let storage1 = storage_counters(&fleet);
+    // Per node: fsyncs per appended log entry, and entries per log append
+    // (how many entries share one fsync: the group-commit factor).
+    let storage: BTreeMap<u64, serde_json::Value> = storage1
+        .iter()
+        .filter_map(|(id, after)| {
+            let before = storage0.get(id)?;
+            let d = |i: usize| after[i] - before[i];
+            (d(1) > 0.0).then(|| {
+                (
+                    *id,
+                    serde_json::json!({
+                        "fsyncs_per_entry": d(0) / d(1),
+                        "entries_per_log_append": d(1) / d(2).max(1.0),
+                        "entries": d(1),
+                    }),
+                )
+            })
+        })
+        .collect();
     let tot = rt.block_on(totals.lock());
     let ok = tot.latency.len();
     let errors: u64 = tot.errors.values().sum();
@@ -333,6 +388,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "client_cpu_cores": cpu / wall,
         "ceiling_single_core_opaque_logins_per_s": ceiling,
         "fleet_nodes": fleet.nodes.len(),
+        "storage_by_node": storage,
         "ksf": "fast (Argon2id 256 KiB, 1 pass)",
     });
     println!(
@@ -344,6 +400,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         ms(0.999),
         cpu / wall
     );
+    for (id, st) in &storage {
+        println!(
+            "node {id}: {:.2} fsyncs per log entry, {:.2} entries per log append",
+            st["fsyncs_per_entry"].as_f64().unwrap_or(0.0),
+            st["entries_per_log_append"].as_f64().unwrap_or(0.0)
+        );
+    }
     if !tot.errors.is_empty() {
         println!("errors: {:?}", tot.errors);
     }

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub snapshot_index: IntGauge,
     /// 1 when the node is ready.
     pub ready: IntGauge,
+    /// Synced writes (fsyncs) the database made since start.
+    pub storage_synced_writes: IntGauge,
+    /// Log entries appended since start.
+    pub storage_log_entries: IntGauge,
+    /// Log appends (one fsync each) since start.
+    pub storage_log_appends: IntGauge,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
     hsm_seconds: HistogramVec,
@@ -125,6 +131,21 @@ impl Metrics {
                 "Index covered by the snapshot",
             ),
             ready: gauge(&registry, "ready", "1 when the node is ready to serve"),
+            storage_synced_writes: gauge(
+                &registry,
+                "storage_synced_writes",
+                "Write batches synced to disk since start",
+            ),
+            storage_log_entries: gauge(
+                &registry,
+                "storage_log_entries_appended",
+                "Log entries appended since start",
+            ),
+            storage_log_appends: gauge(
+                &registry,
+                "storage_log_appends",
+                "Log appends since start (each one fsync, however many entries)",
+            ),
             registry,
             rpc_total,
             rpc_seconds,

@@ -96,6 +96,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     };
     let committed_at_start = log.read_committed().await?.map_or(0, |l| l.index);
     let reader = sm.reader();
+    let storage_stats = sm.stats();
     tracing::info!(committed_at_start, "storage open");
 
     let channels = PeerChannels::new(me.tls.clone(), fleet.tls.fleet_ca.clone());
@@ -182,6 +183,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     }
     tokio::spawn(track(
         raft.clone(),
+        storage_stats,
         metrics.clone(),
         committed_at_start,
         ready_tx,
@@ -257,6 +259,7 @@ async fn watch_signals(stop: watch::Sender<bool>) {
 /// applied.
 async fn track(
     raft: Raft,
+    storage: Arc<vault_storage::StorageStats>,
     metrics: Arc<Metrics>,
     committed_at_start: u64,
     ready_tx: watch::Sender<Result<(), String>>,
@@ -280,6 +283,15 @@ async fn track(
         metrics
             .snapshot_index
             .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        let count =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
+        metrics
+            .storage_synced_writes
+            .set(count(&storage.synced_writes));
+        metrics
+            .storage_log_entries
+            .set(count(&storage.log_entries_appended));
+        metrics.storage_log_appends.set(count(&storage.log_appends));
         if let Ok(c) = raft
             .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
             .await

@@ -25,7 +25,7 @@ mod log_store;
 mod snapshot;
 mod state_machine;
 
-pub use db::{FORMAT_MARKER, StoreError};
+pub use db::{FORMAT_MARKER, StorageStats, StoreError};
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader};
 

@@ -190,7 +190,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.get_log_id().index, encode_framed(&e)))
             .collect();
         let db = self.db.clone();
+        let count = cf_entries.len() as u64;
         let result = blocking(move || {
+            db.stats
+                .log_entries_appended
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            db.stats
+                .log_appends
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for (index, value) in cf_entries {
                 batch.put_cf(db.cf(CF_LOGS), index_key(index), value);
             }

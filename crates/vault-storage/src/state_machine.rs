@@ -112,6 +112,11 @@ impl StateMachineStore {
         })
     }
 
+    /// The database's write counters (shared with the log store).
+    pub fn stats(&self) -> Arc<crate::db::StorageStats> {
+        self.db.stats.clone()
+    }
+
     /// A read-only view that stays valid after openraft takes this store.
     pub fn reader(&self) -> StateReader {
         StateReader {
