@@ -4,8 +4,7 @@
 //! Exit codes: 0 success; 3 wrong password (attempts left printed); 4
 //! locked; 5 unknown user; 1 anything else; 2 bad command line.
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -197,27 +196,12 @@ pub enum UserCommand {
     },
 }
 
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
-    Ok(())
-}
-
 #[expect(clippy::print_stdout, reason = "the key is the command's output")]
 fn emit_key(k: &[u8; 32], out: Option<&Path>) -> anyhow::Result<()> {
     let hex = Zeroizing::new(format!("{}\n", hex::encode(k)));
     match out {
         Some(p) => {
-            write_secret(p, &hex)?;
+            vault_raft::pki::write_file(p, hex.as_bytes(), 0o600)?;
             eprintln!("backup key written to {}", p.display());
         }
         None => print!("{}", hex.as_str()),

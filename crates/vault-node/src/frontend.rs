@@ -67,6 +67,10 @@ fn unavailable(message: impl Into<String>) -> Status {
     fail(Code::Unavailable, Kind::Unavailable, message, 0)
 }
 
+fn hsm_failed(e: vault_hsm::HsmError) -> Status {
+    unavailable(format!("HSM: {e}"))
+}
+
 fn propose_failed(e: ProposeError) -> Status {
     match e {
         ProposeError::Retryable(m) => unavailable(m),
@@ -213,7 +217,7 @@ impl FrontendService {
                     ),
                 )
                 .await
-                .map_err(|e| unavailable(format!("HSM: {e}")))?;
+                .map_err(hsm_failed)?;
                 let hpke = timed_hsm(
                     &self.metrics,
                     "unseal",
@@ -223,7 +227,7 @@ impl FrontendService {
                     ),
                 )
                 .await
-                .map_err(|e| unavailable(format!("HSM: {e}")))?;
+                .map_err(hsm_failed)?;
                 let secrets = FleetSecrets::new(fleet.fleet_id, setup.expose(), hpke.expose())
                     .map_err(|e| Status::internal(format!("fleet secrets: {e}")))?;
                 Ok(Arc::new(secrets))
@@ -381,7 +385,7 @@ impl Frontend for FrontendService {
             ),
         )
         .await
-        .map_err(|e| unavailable(format!("HSM: {e}")))?;
+        .map_err(hsm_failed)?;
         let digest = RequestDigest::of(&[
             b"register",
             user.as_str().as_bytes(),
@@ -451,7 +455,7 @@ impl Frontend for FrontendService {
             ),
         )
         .await
-        .map_err(|e| unavailable(format!("HSM: {e}")))?;
+        .map_err(hsm_failed)?;
         let record = StoredRecord::decode(plain.expose())
             .map_err(|e| Status::internal(format!("stored record: {e}")))?;
         let (ke2, state) = secrets

@@ -246,7 +246,7 @@ fn create_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Writes `bytes` to `path` with `mode` through a synced temporary file
 /// and a rename, so a crash never leaves a half-written key.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         path: path.to_owned(),
         source,

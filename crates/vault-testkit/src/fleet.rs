@@ -360,28 +360,30 @@ impl TestFleet {
             .is_some_and(|n| matches!(n.child.try_wait(), Ok(None)))
     }
 
-    /// Runs `vaultctl <args> --config … --fleet-dir …` (the fleet args go
-    /// through the environment).
-    pub fn vaultctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(&self.bins.vaultctl)
-            .args(args)
+    /// `vaultctl <args>` aimed at this fleet: fleet file, fleet dir, the
+    /// `test` frontend certificate and the fast Argon2id profile go through
+    /// the environment.
+    fn vaultctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bins.vaultctl);
+        cmd.args(args)
             .env("BKV_FLEET_CONFIG", &self.config)
             .env("BKV_FLEET_DIR", self.dir.path())
             .env("BKV_FRONTEND", "test")
-            .env("BKV_KSF", "fast")
-            .output()?)
+            .env("BKV_KSF", "fast");
+        cmd
+    }
+
+    /// Runs `vaultctl <args>` against this fleet.
+    pub fn vaultctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.vaultctl_command(args).output()?)
     }
 
     /// Runs `vaultctl <args>` with `stdin` as its standard input (for
     /// `--password-stdin`).
     pub fn vaultctl_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<Output> {
         use std::io::Write;
-        let mut child = Command::new(&self.bins.vaultctl)
-            .args(args)
-            .env("BKV_FLEET_CONFIG", &self.config)
-            .env("BKV_FLEET_DIR", self.dir.path())
-            .env("BKV_FRONTEND", "test")
-            .env("BKV_KSF", "fast")
+        let mut child = self
+            .vaultctl_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
