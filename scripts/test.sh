@@ -37,11 +37,12 @@ ROCKSDB_LIB_DIR="$CARGO_TARGET_DIR/clippy-rocksdb-lib" ROCKSDB_STATIC=1 \
 bkv_log "crate boundaries"
 scripts/check-boundaries.sh
 
-# The fleet tests (tests/fleet.rs) run the vault-node and vaultctl
-# binaries as separate processes; cargo only builds a package's binaries
-# for that package's own tests, so build them all first.
-bkv_log "cargo build (binaries for the multi-process tests)"
-cargo build --workspace --all-targets --locked
+# The fleet tests (tests/fleet.rs, tests/chaos.rs…) run the vault-node and
+# vaultctl binaries as separate processes; cargo only builds a package's
+# binaries for that package's own tests, so build them all first, with the
+# unsafe node variant the chaos bite test needs.
+bkv_log "cargo build (binaries for the multi-process tests, and the unsafe bite-test node)"
+bkv_build_all
 
 bkv_log "cargo test (doc tests)"
 cargo test --workspace --locked --doc

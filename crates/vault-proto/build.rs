@@ -1,7 +1,9 @@
 //! Compiles proto/vault/v1 with a vendored protoc (no system protoc needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // At run time, not `env!`: a build script compiled for one checkout is
+    // reused by another one sharing the target dir.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "vault/v1/peer.proto",
         "vault/v1/admin.proto",

@@ -30,3 +30,18 @@ bkv_ensure_packages() {
 # One persistent target dir per machine, shared by test.sh, fleet.sh and
 # bench.sh, so that heavy C++ dependencies build once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backup-key-vault/target}"
+
+# Builds every target of the workspace, plus the deliberately unsafe node
+# the chaos checker's bite test runs (vault-node built with the feature
+# `unsafe-ke2-before-commit`, copied to vault-node-unsafe-ke2). The safe
+# build runs last, so target/debug/vault-node is always the safe one. Both
+# select the whole workspace with all targets, so RocksDB's features (and
+# its 20-minute C++ build) stay the same.
+bkv_build_all() {
+  local d="$CARGO_TARGET_DIR/debug"
+  cargo build --workspace --all-targets --locked --features vault-node/unsafe-ke2-before-commit
+  cp "$d/vault-node" "$d/vault-node-unsafe-ke2.tmp"
+  cp "$d/vault-node.d" "$d/vault-node-unsafe-ke2.d"
+  mv "$d/vault-node-unsafe-ke2.tmp" "$d/vault-node-unsafe-ke2"
+  cargo build --workspace --all-targets --locked
+}

@@ -180,6 +180,9 @@ struct Admin {
     fleet: Fleet,
 }
 
+/// How long `cluster status` waits for one node.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Admin {
     fn client(&self, node: u64) -> anyhow::Result<AdminClient<Channel>> {
         let n = self.fleet.node(node).map_err(anyhow::Error::msg)?;
@@ -196,11 +199,15 @@ impl Admin {
     async fn status(&self, node: u64) -> Result<StatusReply, String> {
         let mut c = self.client(node).map_err(|e| format!("{e:#}"))?;
         let mut req = tonic::Request::new(StatusRequest {});
-        req.set_timeout(Duration::from_secs(3));
-        c.status(req)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))
+        req.set_timeout(STATUS_TIMEOUT);
+        // The header only bounds a server that runs; a stopped (SIGSTOP) or
+        // wedged node accepts the connection and never answers.
+        match tokio::time::timeout(STATUS_TIMEOUT, c.status(req)).await {
+            Ok(r) => r
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("{}: {}", code_name(s.code()), s.message())),
+            Err(_) => Err(format!("no answer within {} s", STATUS_TIMEOUT.as_secs())),
+        }
     }
 
     async fn all_status(&self) -> Vec<(u64, Result<StatusReply, String>)> {

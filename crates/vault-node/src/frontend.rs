@@ -271,6 +271,53 @@ impl FrontendService {
         }
     }
 
+    /// DELIBERATELY BROKEN, for the chaos checker's bite test only (cargo
+    /// feature `unsafe-ke2-before-commit`, never in a release): grants the
+    /// attempt from this node's applied state and commits `BeginAttempt`
+    /// 300 ms later in the background, so KE2 leaves before the attempt is
+    /// durable. A crash, or a fast guesser, gets guesses that were never
+    /// counted; the chaos checker must catch it.
+    #[cfg(feature = "unsafe-ke2-before-commit")]
+    async fn grant_before_commit(
+        &self,
+        id: RequestId,
+        digest: RequestDigest,
+        user: &UserId,
+    ) -> Result<Result<VaultResponse, CommandError>, Status> {
+        use vault_core::{RecordStatus, UserRecord};
+        self.proposer.read_barrier().await.map_err(propose_failed)?;
+        let granted = self.reader.with_state(|s| match s.user(user) {
+            Some(UserRecord {
+                generation,
+                status:
+                    RecordStatus::Active {
+                        sealed_record,
+                        max_attempts,
+                        attempts_used,
+                    },
+                ..
+            }) if attempts_used < max_attempts => Ok(VaultResponse::AttemptGranted {
+                generation: *generation,
+                sealed_record: sealed_record.clone(),
+                attempts_left: max_attempts - attempts_used - 1,
+                attempt: attempts_used + 1,
+            }),
+            Some(_) => Err(CommandError::Locked),
+            None => Err(CommandError::NotFound),
+        });
+        let proposer = self.proposer.clone();
+        let proposal = Proposal {
+            request: Some(RequestMeta { id, digest }),
+            at: now(),
+            command: Command::BeginAttempt { user: user.clone() },
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = proposer.propose(proposal).await;
+        });
+        Ok(granted)
+    }
+
     fn keep_session(&self, session: Session) -> Result<[u8; 16], Status> {
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
@@ -432,9 +479,12 @@ impl Frontend for FrontendService {
         // The digest binds the request id to this KE1: a retry with another
         // KE1 (another password guess) under the same id is refused.
         let digest = RequestDigest::of(&[b"begin-attempt", user.as_str().as_bytes(), ke1]);
+        #[cfg(not(feature = "unsafe-ke2-before-commit"))]
         let granted = self
             .propose(id, digest, Command::BeginAttempt { user: user.clone() })
             .await?;
+        #[cfg(feature = "unsafe-ke2-before-commit")]
+        let granted = self.grant_before_commit(id, digest, &user).await?;
         // Only now, with the attempt committed and applied, may KE2 leave.
         let (generation, sealed_record, attempts_left) = match granted {
             Ok(VaultResponse::AttemptGranted {

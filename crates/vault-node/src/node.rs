@@ -79,6 +79,11 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     let me = fleet.node(node_id).map_err(anyhow::Error::msg)?.clone();
     let metrics = Metrics::new(node_id);
 
+    #[cfg(feature = "unsafe-ke2-before-commit")]
+    tracing::error!(
+        "THIS NODE IS BUILT WITH `unsafe-ke2-before-commit`: it answers KE2 before the \
+         attempt is committed. It exists to test the chaos checker; never deploy it"
+    );
     tracing::info!(datacenter = %me.datacenter, "opening the HSM");
     let hsm = {
         let me = me.clone();
@@ -99,7 +104,11 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     let storage_stats = sm.stats();
     tracing::info!(committed_at_start, "storage open");
 
-    let channels = PeerChannels::new(me.tls.clone(), fleet.tls.fleet_ca.clone());
+    let channels = PeerChannels::new(
+        me.tls.clone(),
+        fleet.tls.fleet_ca.clone(),
+        me.peer_source_ip,
+    );
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config(&fleet)?),
@@ -137,7 +146,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         ready: ready.clone(),
     };
 
-    let peer_incoming = bind(me.peer_addr, "peer")?;
+    let peer_incoming = bind(me.peer_bind_addr, "peer")?;
     let front_incoming = bind(me.frontend_addr, "frontend")?;
     let metrics_listener = tokio::net::TcpListener::bind(me.metrics_addr)
         .await

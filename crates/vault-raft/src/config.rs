@@ -7,7 +7,7 @@
 //! README.md for every field.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ struct NodeFile {
     datacenter: String,
     frontend_addr: SocketAddr,
     peer_addr: SocketAddr,
+    peer_bind_addr: Option<SocketAddr>,
+    peer_source_ip: Option<IpAddr>,
     metrics_addr: SocketAddr,
     data_dir: PathBuf,
     #[serde(default = "yes")]
@@ -190,8 +192,15 @@ pub struct NodeConfig {
     pub datacenter: String,
     /// Where frontends call it.
     pub frontend_addr: SocketAddr,
-    /// Where peers and the operator call it.
+    /// Where peers and the operator call it (the address in the Raft
+    /// membership).
     pub peer_addr: SocketAddr,
+    /// Where it listens for peers: `peer_addr` unless something (a proxy,
+    /// a NAT) stands between the two.
+    pub peer_bind_addr: SocketAddr,
+    /// The local address its outgoing peer connections come from, if set
+    /// (lets a proxy in front of the peers tell the links apart).
+    pub peer_source_ip: Option<IpAddr>,
     /// Where Prometheus scrapes it (`/metrics`, `/ready`).
     pub metrics_addr: SocketAddr,
     /// Its RocksDB directory.
@@ -329,6 +338,7 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
     let mut addrs = BTreeSet::new();
     let mut labels = BTreeSet::new();
     let mut data_dirs = BTreeSet::new();
+    let mut source_ips = BTreeSet::new();
     for n in f.node {
         let at = format!("node {}", n.id);
         if n.id == 0 {
@@ -337,17 +347,29 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
         if n.datacenter.trim().is_empty() {
             return Err(format!("{at}: datacenter is empty"));
         }
-        for (what, a) in [
+        let peer_bind_addr = n.peer_bind_addr.unwrap_or(n.peer_addr);
+        let mut own = vec![
             ("frontend_addr", n.frontend_addr),
             ("peer_addr", n.peer_addr),
             ("metrics_addr", n.metrics_addr),
-        ] {
+        ];
+        if n.peer_bind_addr.is_some() {
+            own.push(("peer_bind_addr", peer_bind_addr));
+        }
+        for (what, a) in own {
             if a.port() == 0 {
                 return Err(format!("{at}: {what} needs a port"));
             }
             if !addrs.insert(a) {
                 return Err(format!("{at}: {what} {a} is used twice in the fleet"));
             }
+        }
+        if let Some(ip) = n.peer_source_ip
+            && (ip.is_unspecified() || !source_ips.insert(ip))
+        {
+            return Err(format!(
+                "{at}: peer_source_ip {ip} is unspecified or another node's"
+            ));
         }
         if n.hsm.token_label.is_empty() || n.hsm.token_label.len() > 32 {
             return Err(format!("{at}: hsm.token_label must be 1..=32 bytes"));
@@ -382,6 +404,8 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
             datacenter: n.datacenter,
             frontend_addr: n.frontend_addr,
             peer_addr: n.peer_addr,
+            peer_bind_addr,
+            peer_source_ip: n.peer_source_ip,
             metrics_addr: n.metrics_addr,
             data_dir,
             bootstrap: n.bootstrap,

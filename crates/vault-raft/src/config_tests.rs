@@ -160,3 +160,36 @@ fn datacenter_loss_check_counts_majorities() {
     f.nodes.get_mut(&3).unwrap().datacenter = "dc-a".into();
     assert!(!f.survives_loss_of_any_datacenter());
 }
+
+#[test]
+fn a_proxied_peer_address_is_checked_like_the_others() {
+    let one = "peer_addr = \"127.0.0.1:7201\"";
+    let two = "peer_addr = \"127.0.0.1:7202\"";
+    // By default a node listens where it is called.
+    let f = parse(GOOD).unwrap();
+    let n = f.node(1).unwrap();
+    assert_eq!(n.peer_bind_addr, n.peer_addr);
+    assert_eq!(n.peer_source_ip, None);
+    // Behind a proxy: listen elsewhere, call from an own address.
+    let proxied = GOOD.replacen(
+        one,
+        &format!("{one}\npeer_bind_addr = \"127.0.0.1:7401\"\npeer_source_ip = \"127.0.1.1\""),
+        1,
+    );
+    let f = parse(&proxied).unwrap();
+    let n = f.node(1).unwrap();
+    assert_eq!(n.peer_bind_addr.port(), 7401);
+    assert_eq!(n.peer_source_ip, Some("127.0.1.1".parse().unwrap()));
+    // The bind address may not be another address of the fleet.
+    let clash = GOOD.replacen(
+        one,
+        &format!("{one}\npeer_bind_addr = \"127.0.0.1:7202\""),
+        1,
+    );
+    assert!(parse(&clash).unwrap_err().contains("used twice"));
+    // Two nodes calling from one address could not be told apart.
+    let same_ip = proxied.replacen(two, &format!("{two}\npeer_source_ip = \"127.0.1.1\""), 1);
+    assert!(parse(&same_ip).unwrap_err().contains("another node's"));
+    let unspecified = GOOD.replacen(one, &format!("{one}\npeer_source_ip = \"0.0.0.0\""), 1);
+    assert!(parse(&unspecified).unwrap_err().contains("unspecified"));
+}

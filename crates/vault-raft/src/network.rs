@@ -12,6 +12,7 @@
 )]
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,16 +54,19 @@ pub struct PeerChannels {
 struct ChannelsInner {
     own: CertFiles,
     fleet_ca: PathBuf,
+    source_ip: Option<IpAddr>,
     channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 impl PeerChannels {
-    /// Channels that present `own` and trust the fleet CA at `fleet_ca`.
-    pub fn new(own: CertFiles, fleet_ca: PathBuf) -> PeerChannels {
+    /// Channels that present `own`, trust the fleet CA at `fleet_ca` and
+    /// connect from `source_ip` when given.
+    pub fn new(own: CertFiles, fleet_ca: PathBuf, source_ip: Option<IpAddr>) -> PeerChannels {
         PeerChannels {
             inner: Arc::new(ChannelsInner {
                 own,
                 fleet_ca,
+                source_ip,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -98,6 +102,7 @@ impl PeerChannels {
             .tls_config(tls)
             .map_err(|e| NetworkError::new(&e))?
             .tcp_nodelay(true)
+            .local_address(self.inner.source_ip)
             .connect_timeout(Duration::from_secs(2))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));

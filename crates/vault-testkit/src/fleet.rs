@@ -24,6 +24,17 @@ pub struct FleetSpec {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot.
     pub keep_logs_after_snapshot: u64,
+    /// Put a proxy's addresses in the membership: each node advertises a
+    /// `peer_addr` that a [`crate::proxy::FaultProxy`] listens on, listens
+    /// itself on another port, and connects to peers from its own loopback
+    /// address [`source_ip`] so that the proxy can tell the links apart.
+    pub proxied: bool,
+}
+
+/// The loopback address node `id`'s peer connections come from in a
+/// proxied fleet.
+pub fn source_ip(id: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 1, id as u8)
 }
 
 impl FleetSpec {
@@ -34,9 +45,14 @@ impl FleetSpec {
             bootstrap: n,
             snapshot_after_logs: 10_000,
             keep_logs_after_snapshot: 1_000,
+            proxied: false,
         }
     }
 }
+
+/// Ports a test fleet takes per node: frontend, peer, metrics, and the
+/// peer port behind a proxy.
+const PORTS_PER_NODE: usize = 4;
 
 /// Election timeout bounds the test fleet file sets (ms).
 pub const ELECTION_MS: (u64, u64) = (500, 1000);
@@ -123,7 +139,7 @@ impl Template {
         let config = template.write_config(
             root,
             &FleetSpec::voters(nodes),
-            &free_ports(3 * nodes as usize)?,
+            &free_ports(PORTS_PER_NODE * nodes as usize)?,
         )?;
         run(Command::new(&template.bins.vaultctl)
             .args(["pki", "init", "--frontend", "test", "--config"])
@@ -151,7 +167,7 @@ impl Template {
             ELECTION_MS.0, ELECTION_MS.1, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
         );
         for n in 1..=spec.nodes {
-            let i = (n - 1) as usize * 3;
+            let i = (n - 1) as usize * PORTS_PER_NODE;
             let _ = write!(
                 t,
                 "\n[[node]]\nid = {n}\ndatacenter = \"dc-{n}\"\n\
@@ -164,6 +180,14 @@ impl Template {
                 ports[i + 2],
                 n <= spec.bootstrap
             );
+            if spec.proxied {
+                let _ = writeln!(
+                    t,
+                    "peer_bind_addr = \"127.0.0.1:{}\"\npeer_source_ip = \"{}\"",
+                    ports[i + 3],
+                    source_ip(n)
+                );
+            }
         }
         let path = dir.join("fleet.toml");
         std::fs::write(&path, t)?;
@@ -174,6 +198,19 @@ impl Template {
 /// One node process.
 struct Node {
     child: Child,
+    /// While the node is paused: a shell that SIGCONTs it if this process
+    /// dies, so that it can see its stdin close and exit (a stopped
+    /// process cannot).
+    watchdog: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
 }
 
 impl Node {
@@ -232,7 +269,7 @@ impl TestFleet {
             std::fs::remove_file(root.join("softhsm2.conf"))?;
             vault_hsm::softhsm::SoftHsmDir::create(&root)?;
         }
-        let ports = free_ports(3 * spec.nodes as usize)?;
+        let ports = free_ports(PORTS_PER_NODE * spec.nodes as usize)?;
         let config = template.write_config(dir.path(), spec, &ports)?;
         let fleet = vault_raft::config::Fleet::load(&config, dir.path())?;
         Ok(TestFleet {
@@ -243,6 +280,11 @@ impl TestFleet {
             running: BTreeMap::new(),
             starts: BTreeMap::new(),
         })
+    }
+
+    /// Runs `bins` from now on (e.g. a node built with other features).
+    pub fn set_bins(&mut self, bins: Bins) {
+        self.bins = bins;
     }
 
     /// The fleet directory.
@@ -290,7 +332,13 @@ impl TestFleet {
             .spawn()
             .context("start vault-node")?;
         *self.starts.entry(id).or_default() += 1;
-        self.running.insert(id, Node { child });
+        self.running.insert(
+            id,
+            Node {
+                child,
+                watchdog: None,
+            },
+        );
         Ok(())
     }
 
@@ -308,6 +356,50 @@ impl TestFleet {
         node.child.kill()?;
         node.child.wait()?;
         Ok(())
+    }
+
+    /// SIGSTOPs node `id`: it keeps its sockets but runs nothing until
+    /// [`TestFleet::resume`].
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        let pid = self.pid(id)?;
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -CONT {pid}",
+                me = std::process::id()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start the pause watchdog")?;
+        if let Some(node) = self.running.get_mut(&id) {
+            node.watchdog = Some(watchdog);
+        }
+        signal(pid, "STOP")
+    }
+
+    /// SIGCONTs a paused node `id`.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        signal(self.pid(id)?, "CONT")?;
+        if let Some(mut w) = self.running.get_mut(&id).and_then(|n| n.watchdog.take()) {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        Ok(())
+    }
+
+    /// Node `id`'s process id.
+    pub fn pid(&self, id: u64) -> anyhow::Result<u32> {
+        Ok(self
+            .running
+            .get(&id)
+            .with_context(|| format!("node {id} is not running"))?
+            .child
+            .id())
+    }
+
+    /// The nodes started and not stopped since.
+    pub fn running(&self) -> Vec<u64> {
+        self.running.keys().copied().collect()
     }
 
     /// SIGTERMs node `id` and waits up to `within` for it to exit.

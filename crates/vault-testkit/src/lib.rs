@@ -7,6 +7,8 @@
 //! - [`TestFleet`]: writes a fleet file with free ports, starts, kills
 //!   (SIGKILL), stops (SIGTERM) and restarts nodes, runs `vaultctl`, and
 //!   kills every node it started when dropped, also when a test fails.
+//! - [`proxy`]: a fault-injecting TCP proxy for the peer links of a
+//!   proxied fleet (drop, blackhole, delay, one way).
 //! - [`client`]: gRPC clients with a chosen identity, to drive and probe a
 //!   fleet the way a peer or a frontend would.
 //!
@@ -18,6 +20,7 @@
 pub mod client;
 mod fleet;
 mod process;
+pub mod proxy;
 
 /// A fleet test: gets the shared template, fails with an error.
 pub type FleetTest = fn(&Template) -> anyhow::Result<()>;
@@ -50,5 +53,5 @@ pub fn run_fleet_tests(
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-pub use fleet::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status};
+pub use fleet::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status, source_ip};
 pub use process::{Bins, free_ports};

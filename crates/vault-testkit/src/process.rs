@@ -16,38 +16,60 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// Finds the binaries next to the running test executable
-    /// (`target/<profile>/deps/<test>` → `target/<profile>/`), and refuses
+    /// Finds the binaries next to the running executable (a test in
+    /// `target/<profile>/deps/`, or a binary in `target/<profile>/`), and refuses
     /// ones older than any source file of the workspace.
     pub fn locate() -> anyhow::Result<Bins> {
         let exe = std::env::current_exe()?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .context("test executable has no target/<profile> directory")?;
+        // A test runs from target/<profile>/deps, a binary from
+        // target/<profile>.
+        let dir = exe.parent().context("executable has no directory")?;
+        let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().context("deps has no parent")?
+        } else {
+            dir
+        };
         let bins = Bins {
             vault_node: profile_dir.join("vault-node"),
             vaultctl: profile_dir.join("vaultctl"),
         };
         for bin in [&bins.vault_node, &bins.vaultctl] {
-            let built = std::fs::metadata(bin)
-                .and_then(|m| m.modified())
-                .with_context(|| {
-                    format!(
-                        "{} is missing: run `cargo build --workspace --bins` first",
-                        bin.display()
-                    )
-                })?;
-            if let Some(source) = newer_source(bin, built)? {
-                bail!(
-                    "{} is older than {}: run `cargo build --workspace --bins` first",
-                    bin.display(),
-                    source.display()
-                );
-            }
+            check_fresh(bin)?;
         }
         Ok(bins)
     }
+
+    /// These binaries with `vault-node` replaced by `name` from the same
+    /// directory (a variant built with other features), checked the same
+    /// way.
+    pub fn with_node_variant(&self, name: &str) -> anyhow::Result<Bins> {
+        let node = self.vault_node.with_file_name(name);
+        check_fresh(&node)?;
+        Ok(Bins {
+            vault_node: node,
+            vaultctl: self.vaultctl.clone(),
+        })
+    }
+}
+
+/// Fails if `bin` is missing or older than one of its sources.
+fn check_fresh(bin: &Path) -> anyhow::Result<()> {
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .with_context(|| {
+            format!(
+                "{} is missing: run `cargo build --workspace --bins` first",
+                bin.display()
+            )
+        })?;
+    if let Some(source) = newer_source(bin, built)? {
+        bail!(
+            "{} is older than {}: run `cargo build --workspace --bins` first",
+            bin.display(),
+            source.display()
+        );
+    }
+    Ok(())
 }
 
 /// A source file of `bin` (from cargo's dep-info file next to it) that
