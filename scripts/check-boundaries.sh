@@ -17,7 +17,7 @@ forbid() { # crate, pattern, reason
 for c in vault-types vault-core; do
   forbid "$c" "rocksdb|librocksdb-sys|cryptoki|tonic|tokio|openraft" "no I/O in $c"
 done
-for c in vault-hsm vault-cli vault-raft vault-proto vault-testkit; do
+for c in vault-hsm vault-cli vault-raft vault-proto vault-testkit vault-client vault-bench vault-chaos; do
   forbid "$c" "rocksdb|librocksdb-sys" "RocksDB only in vault-storage"
 done
 for c in vault-storage vault-raft vault-proto; do
