@@ -122,6 +122,13 @@ impl Frontends {
                 Ok(Ok(r)) => return Ok((i, r.into_inner())),
                 Ok(Err(s)) => match classify(&s) {
                     Outcome::Unknown(m) => last = Outcome::Unknown(m),
+                    // After a try without answer, a refusal does not mean
+                    // nothing happened: the first try may have committed
+                    // (e.g. taken the last attempt, and the retry, answered
+                    // from the dedup table, finds the record locked).
+                    refused if tried > 0 && last.is_unknown() => {
+                        return Err(Outcome::Unknown(format!("{last:?}, then {refused:?}")));
+                    }
                     refused => return Err(refused),
                 },
                 Err(_) => last = Outcome::Unknown("call timed out".into()),
