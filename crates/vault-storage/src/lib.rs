@@ -44,7 +44,7 @@ pub fn open_with_dedup_capacity(
     dedup_capacity: usize,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = std::sync::Arc::new(db::Db::open(dir)?);
-    let log = LogStore::new(db.clone());
+    let log = LogStore::new(db.clone())?;
     let sm = StateMachineStore::open(db, dir.join("snapshots"), dedup_capacity)?;
     Ok((log, sm))
 }

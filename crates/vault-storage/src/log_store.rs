@@ -19,6 +19,52 @@ use crate::{Entry, TypeConfig};
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    commit: Arc<GroupCommit>,
+}
+
+/// What to run once an append is on disk.
+type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
+/// Group commit of the Raft log. An append writes its entries to RocksDB
+/// without waiting for the disk and queues its completion here; one thread
+/// fsyncs the write-ahead log for everything queued since its last fsync,
+/// then completes them all. While one fsync runs, the appends that arrive
+/// meanwhile (client writes on a leader) wait together for the next one, so
+/// under load many entries share an fsync. openraft treats an entry as
+/// persisted only when its completion reports success.
+///
+/// RocksDB's write-ahead log is one ordered file for every column family, so
+/// an fsync makes every earlier write durable, not only the log's.
+#[derive(Debug)]
+struct GroupCommit {
+    queue: std::sync::mpsc::Sender<Done>,
+}
+
+impl GroupCommit {
+    fn start(db: Arc<Db>) -> Result<GroupCommit, StoreError> {
+        let (queue, waiting) = std::sync::mpsc::channel::<Done>();
+        std::thread::Builder::new()
+            .name("raft-log-fsync".into())
+            .spawn(move || {
+                // Ends when the last LogStore clone (the last sender) drops.
+                while let Ok(first) = waiting.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(waiting.try_iter());
+                    let synced = db.rocks.flush_wal(true);
+                    db.stats
+                        .synced_writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    for done in batch {
+                        done(match &synced {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(format!("fsync the log: {e}"))),
+                        });
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Task(format!("start the log fsync thread: {e}")))?;
+        Ok(GroupCommit { queue })
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -26,8 +72,9 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>) -> Self {
-        LogStore { db }
+    pub(crate) fn new(db: Arc<Db>) -> Result<Self, StoreError> {
+        let commit = Arc::new(GroupCommit::start(db.clone())?);
+        Ok(LogStore { db, commit })
     }
 
     fn read_range(db: &Db, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -201,13 +248,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for (index, value) in cf_entries {
                 batch.put_cf(db.cf(CF_LOGS), index_key(index), value);
             }
-            // One write batch, one fsync, for everything openraft handed us.
-            db.write(batch, true)
+            // Written now, on disk at the group commit's next fsync.
+            db.write(batch, false)
         })
         .await;
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                let done: Done = Box::new(move |r| callback.log_io_completed(r));
+                if let Err(unsent) = self.commit.queue.send(done) {
+                    (unsent.0)(Err(std::io::Error::other("the log fsync thread is gone")));
+                    return Err(io_err(StorageIOError::write_logs)(StoreError::Task(
+                        "the log fsync thread is gone".into(),
+                    )));
+                }
                 Ok(())
             }
             Err(e) => {

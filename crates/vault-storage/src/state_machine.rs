@@ -267,7 +267,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let db = self.db.clone();
         // The state, last_applied and membership land together or not at all.
-        blocking(move || db.write(batch, true))
+        // No fsync of its own: the entries applied are committed, so durable
+        // in the log; after a crash the lost tail of applies is applied again
+        // from the log. The write-ahead log is ordered, so this write is on
+        // disk before any later synced write (the next log fsync, a purge of
+        // the log, a snapshot install): the log is never purged past an
+        // apply that could be lost.
+        blocking(move || db.write(batch, false))
             .await
             .map_err(io_err(StorageIOError::write_state_machine))?;
         Ok(replies)

@@ -34,7 +34,7 @@ impl Bins {
             vaultctl: profile_dir.join("vaultctl"),
         };
         for bin in [&bins.vault_node, &bins.vaultctl] {
-            check_fresh(bin)?;
+            check_fresh(bin, "cargo build --workspace --all-targets")?;
         }
         Ok(bins)
     }
@@ -44,7 +44,10 @@ impl Bins {
     /// way.
     pub fn with_node_variant(&self, name: &str) -> anyhow::Result<Bins> {
         let node = self.vault_node.with_file_name(name);
-        check_fresh(&node)?;
+        check_fresh(
+            &node,
+            "bash -c 'source scripts/lib/common.sh && bkv_build_all' (scripts/test.sh does)",
+        )?;
         Ok(Bins {
             vault_node: node,
             vaultctl: self.vaultctl.clone(),
@@ -53,18 +56,13 @@ impl Bins {
 }
 
 /// Fails if `bin` is missing or older than one of its sources.
-fn check_fresh(bin: &Path) -> anyhow::Result<()> {
+fn check_fresh(bin: &Path, build: &str) -> anyhow::Result<()> {
     let built = std::fs::metadata(bin)
         .and_then(|m| m.modified())
-        .with_context(|| {
-            format!(
-                "{} is missing: run `cargo build --workspace --bins` first",
-                bin.display()
-            )
-        })?;
+        .with_context(|| format!("{} is missing: run `{build}` first", bin.display()))?;
     if let Some(source) = newer_source(bin, built)? {
         bail!(
-            "{} is older than {}: run `cargo build --workspace --bins` first",
+            "{} is older than {}: run `{build}` first",
             bin.display(),
             source.display()
         );
