@@ -211,8 +211,15 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot(template: &Template) -> Tes
         }
         fleet.vaultctl_ok(&["cluster", "snapshot"])?;
         let leader = fleet.wait_leader(&[1, 2], CONVERGE)?;
-        let s = fleet.status()?;
-        let purged = field(&s, leader, "purged_index")?;
+        // The purge follows the snapshot asynchronously.
+        let give_up = std::time::Instant::now() + CONVERGE;
+        let purged = loop {
+            let purged = field(&fleet.status()?, leader, "purged_index")?;
+            if purged > behind || std::time::Instant::now() >= give_up {
+                break purged;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         ensure!(
             purged > behind,
             "the leader must have purged past node 3 ({behind}); purged {purged}"

@@ -15,7 +15,7 @@ use vault_testkit::{FleetSpec, Template, TestFleet};
 
 use crate::checker::{self, Check, Final};
 use crate::history::{History, Op, OpKind, Outcome};
-use crate::scenario::{Scenario, Step, Target};
+use crate::scenario::{Contact, Scenario, Step, Target};
 use crate::workload::{Frontends, Load};
 
 /// The runner's own operations carry this client number.
@@ -60,6 +60,23 @@ pub struct FaultReport {
     pub next_write_ms: Option<f64>,
 }
 
+/// Commit latency on an emulated wide-area network.
+#[derive(Clone, Debug, Serialize)]
+pub struct WanReport {
+    /// The leader when the load started.
+    pub leader: u64,
+    /// Whether the clients called only the leader.
+    pub clients_call_leader: bool,
+    /// The round trip after which that leader hears from a majority.
+    pub nearest_quorum_rtt_ms: u64,
+    /// p50 of RecoverStart (one committed BeginAttempt, an HSM unseal, the
+    /// OPAQUE server step) as the clients saw it.
+    pub recover_start_p50_ms: f64,
+    /// `recover_start_p50_ms / nearest_quorum_rtt_ms`: 1.0 would be a commit
+    /// that costs exactly one nearest-quorum round trip and nothing else.
+    pub ratio: f64,
+}
+
 /// The result of a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -81,6 +98,12 @@ pub struct Report {
     pub recovery_ms: Option<[f64; 3]>,
     /// Operations by kind and outcome.
     pub ops: BTreeMap<String, Counts>,
+    /// Latency percentiles (ms: p50, p90, p99) of successful operations:
+    /// `register`, `recover_start` (until KE2), `recover_full` (until K).
+    pub latency_ms: BTreeMap<String, [f64; 3]>,
+    /// For a scenario with a `[network]`: commit latency against the
+    /// network's floor.
+    pub wan: Option<WanReport>,
     /// Proxy counters: connections, reset, bytes passed, bytes swallowed.
     pub proxy: [u64; 4],
     /// Every invariant checked.
@@ -132,6 +155,27 @@ impl Report {
                 c.ok, c.refused, c.unknown
             );
         }
+        for (kind, [p50, p90, p99]) in &self.latency_ms {
+            let _ = writeln!(
+                s,
+                "latency {kind:<14} p50 {p50:>7.1} ms  p90 {p90:>7.1} ms  p99 {p99:>7.1} ms"
+            );
+        }
+        if let Some(w) = &self.wan {
+            let _ = writeln!(
+                s,
+                "wan: leader {} ({}); nearest-quorum round trip {} ms; RecoverStart p50 {:.1} ms = {:.2} × that",
+                w.leader,
+                if w.clients_call_leader {
+                    "clients call it"
+                } else {
+                    "clients call any node"
+                },
+                w.nearest_quorum_rtt_ms,
+                w.recover_start_p50_ms,
+                w.ratio
+            );
+        }
         let _ = writeln!(
             s,
             "proxy: {} connections, {} reset, {} bytes passed, {} swallowed",
@@ -179,6 +223,42 @@ struct Run<'a> {
     failures: Vec<String>,
     extra_users: Vec<crate::history::User>,
     next_user: u64,
+    leader_at_start: u64,
+}
+
+/// Delays every link between two datacenters of the scenario's network by
+/// half its round trip each way (nothing without a network).
+fn apply_network(proxy: &FaultProxy, scenario: &Scenario) {
+    let Some(net) = &scenario.network else {
+        return;
+    };
+    for a in 1..=scenario.nodes {
+        for b in 1..=scenario.nodes {
+            let rtt = net.rtt(a, b);
+            if a != b && rtt > 0 {
+                proxy.set(
+                    a,
+                    b,
+                    LinkMode::Delay {
+                        delay: Duration::from_micros(rtt * 500),
+                        jitter: Duration::from_millis(net.jitter_ms),
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn percentiles(mut v: Vec<f64>) -> Option<[f64; 3]> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some([
+        percentile(&v, 0.5),
+        percentile(&v, 0.9),
+        percentile(&v, 0.99),
+    ])
 }
 
 /// Runs `scenario` on a fleet made from `template`.
@@ -190,6 +270,7 @@ pub fn run(template: &Template, scenario: &Scenario, opts: &Options) -> anyhow::
         .build()?;
     let spec = FleetSpec {
         proxied: true,
+        wan_timers: scenario.timers == crate::scenario::Timers::Wan,
         ..FleetSpec::voters(scenario.nodes)
     };
     let mut fleet = TestFleet::create(template, &spec)?;
@@ -208,10 +289,15 @@ pub fn run(template: &Template, scenario: &Scenario, opts: &Options) -> anyhow::
         .init()
         .and_then(|()| fleet.wait_converged(Duration::from_secs(60)).map(drop));
     fleet.with_logs(started)?;
-    let frontends = {
+    let mut frontends = {
         let _enter = rt.enter();
         Frontends::new(fleet.fleet(), fleet.dir(), &scenario.workload)?
     };
+    apply_network(&proxy, scenario);
+    let leader_at_start = fleet.wait_leader(&ids, Duration::from_secs(15))?;
+    if scenario.workload.contact == Contact::Leader {
+        frontends = frontends.only(leader_at_start);
+    }
     let mut run = Run {
         scenario,
         fleet,
@@ -226,6 +312,7 @@ pub fn run(template: &Template, scenario: &Scenario, opts: &Options) -> anyhow::
         failures: Vec::new(),
         extra_users: Vec::new(),
         next_user: 0,
+        leader_at_start,
     };
     let result = run.execute(opts, &node_binary);
     // Nodes die with the fleet; the logs are copied first.
@@ -378,6 +465,46 @@ impl Run<'_> {
                 Outcome::Unknown(_) => c.unknown += 1,
             }
         }
+        let mut latency_ms = BTreeMap::new();
+        let register: Vec<f64> = ops
+            .iter()
+            .filter(|o| o.kind == OpKind::Register && o.outcome.is_ok() && o.client != RUNNER)
+            .map(|o| o.end_ms - o.start_ms)
+            .collect();
+        let start: Vec<f64> = ops
+            .iter()
+            .filter(|o| o.client != RUNNER)
+            .filter_map(|o| Some(o.ke2_ms? - o.start_ms))
+            .collect();
+        let full: Vec<f64> = ops
+            .iter()
+            .filter(|o| o.client != RUNNER)
+            .filter_map(|o| {
+                let f = o.finish.as_ref()?;
+                (f.outcome.is_ok()).then_some(f.end_ms - o.start_ms)
+            })
+            .collect();
+        let recover_start_p50 = percentiles(start.clone()).map(|p| p[0]);
+        for (name, v) in [
+            ("register", register),
+            ("recover_start", start),
+            ("recover_full", full),
+        ] {
+            if let Some(p) = percentiles(v) {
+                latency_ms.insert(name.to_owned(), p);
+            }
+        }
+        let wan = self.scenario.network.as_ref().and_then(|net| {
+            let rtt = net.nearest_quorum_rtt(self.leader_at_start, self.scenario.nodes);
+            let p50 = recover_start_p50?;
+            Some(WanReport {
+                leader: self.leader_at_start,
+                clients_call_leader: w.contact == Contact::Leader,
+                nearest_quorum_rtt_ms: rtt,
+                recover_start_p50_ms: p50,
+                ratio: if rtt == 0 { 0.0 } else { p50 / rtt as f64 },
+            })
+        });
         let p = self.proxy.stats();
         let violations = checks.iter().map(|c| c.violations.len()).sum();
         let mut replay = format!(
@@ -397,6 +524,8 @@ impl Run<'_> {
             faults,
             recovery_ms,
             ops: counts,
+            latency_ms,
+            wan,
             proxy: [p.connections, p.reset, p.bytes_passed, p.bytes_swallowed],
             checks,
             violations,
@@ -407,6 +536,7 @@ impl Run<'_> {
 
     fn heal_all(&mut self) -> anyhow::Result<()> {
         self.proxy.heal();
+        apply_network(&self.proxy, self.scenario);
         self.cut.clear();
         for id in std::mem::take(&mut self.paused) {
             self.fleet.resume(id)?;
@@ -595,7 +725,29 @@ impl Run<'_> {
             }
             Step::Heal => {
                 self.proxy.heal();
+                apply_network(&self.proxy, self.scenario);
                 self.cut.clear();
+            }
+            Step::DelayLink {
+                a,
+                b,
+                ms,
+                jitter_ms,
+            } => {
+                let (a, b) = (self.resolve(a)?[0], self.resolve(b)?[0]);
+                if a != b {
+                    self.history.fault(format!(
+                        "delay link {a} <-> {b} {ms} ms + up to {jitter_ms} ms"
+                    ));
+                    self.proxy.set_both(
+                        a,
+                        b,
+                        LinkMode::Delay {
+                            delay: Duration::from_millis(*ms),
+                            jitter: Duration::from_millis(*jitter_ms),
+                        },
+                    );
+                }
             }
             Step::Wait { s } => std::thread::sleep(Duration::from_secs_f64(*s)),
             Step::ExpectLeader { within_s } => {

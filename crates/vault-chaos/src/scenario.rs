@@ -47,6 +47,13 @@ pub struct Scenario {
     /// Client load during the steps.
     #[serde(default)]
     pub workload: Workload,
+    /// A wide-area network to emulate on the peer links for the whole run.
+    pub network: Option<Network>,
+    /// Raft timers: `lan` (heartbeat 100 ms, election 500–1000 ms, the
+    /// default) or `wan` (500 ms, 1500–3000 ms; needed once a round trip
+    /// nears 100 ms, see README).
+    #[serde(default)]
+    pub timers: Timers,
     /// The steps, in order.
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
@@ -71,6 +78,76 @@ pub struct Workload {
     pub op_deadline_ms: u64,
     /// Timeout of one call.
     pub call_timeout_ms: u64,
+    /// Which nodes the clients call: `any` (all, in turn) or `leader` (the
+    /// node leading when the load starts, like frontends next to it).
+    pub contact: Contact,
+}
+
+/// Raft timer profile of the test fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timers {
+    /// Fast LAN timers.
+    #[default]
+    Lan,
+    /// The `wan` profile.
+    Wan,
+}
+
+/// Which nodes the clients call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contact {
+    /// Every node, starting at a random one.
+    #[default]
+    Any,
+    /// The leader at the start of the load.
+    Leader,
+}
+
+/// Datacenters and the round trips between them. Every peer link between
+/// two datacenters is delayed by half the round trip each way.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The nodes of each datacenter.
+    pub datacenters: Vec<Vec<u64>>,
+    /// Round trip (ms) between datacenter i and j; symmetric, zero on the
+    /// diagonal.
+    pub rtt_ms: Vec<Vec<u64>>,
+    /// Random extra delay per direction, up to this (ms).
+    #[serde(default)]
+    pub jitter_ms: u64,
+}
+
+impl Network {
+    /// The datacenter index of `node`.
+    pub fn dc_of(&self, node: u64) -> Option<usize> {
+        self.datacenters.iter().position(|d| d.contains(&node))
+    }
+
+    /// Round trip between two nodes (0 within a datacenter).
+    pub fn rtt(&self, a: u64, b: u64) -> u64 {
+        match (self.dc_of(a), self.dc_of(b)) {
+            (Some(x), Some(y)) => self.rtt_ms[x][y],
+            _ => 0,
+        }
+    }
+
+    /// The round trip after which `leader` has heard from a majority of
+    /// `nodes` (itself included): the fastest possible commit's network
+    /// part.
+    pub fn nearest_quorum_rtt(&self, leader: u64, nodes: u64) -> u64 {
+        let mut rtts: Vec<u64> = (1..=nodes)
+            .filter(|n| *n != leader)
+            .map(|n| self.rtt(leader, n))
+            .collect();
+        rtts.sort_unstable();
+        let acks_needed = (nodes / 2) as usize; // plus the leader itself
+        rtts.get(acks_needed.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Default for Workload {
@@ -83,6 +160,7 @@ impl Default for Workload {
             max_attempts: 3,
             op_deadline_ms: 6_000,
             call_timeout_ms: 2_000,
+            contact: Contact::Any,
         }
     }
 }
@@ -171,6 +249,19 @@ pub enum Step {
         /// The other.
         b: Target,
     },
+    /// Delay the links between `a` and `b` (both ways) by `ms` plus up to
+    /// `jitter_ms` per direction.
+    DelayLink {
+        /// One end.
+        a: Target,
+        /// The other.
+        b: Target,
+        /// Fixed part, per direction.
+        ms: u64,
+        /// Random part.
+        #[serde(default)]
+        jitter_ms: u64,
+    },
     /// Delay every peer link by `ms` plus up to `jitter_ms`.
     Delay {
         /// Fixed part.
@@ -231,6 +322,7 @@ impl Step {
                 | Step::OneWay { .. }
                 | Step::Drop { .. }
                 | Step::Delay { .. }
+                | Step::DelayLink { .. }
                 | Step::KillMidRecovery
         )
     }
@@ -294,6 +386,32 @@ impl Scenario {
             }
             Ok(())
         };
+        if let Some(net) = &self.network {
+            let mut seen: Vec<u64> = net.datacenters.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            ensure!(
+                seen == (1..=self.nodes).collect::<Vec<_>>(),
+                "network.datacenters must hold every node 1..={} exactly once",
+                self.nodes
+            );
+            let d = net.datacenters.len();
+            ensure!(
+                net.rtt_ms.len() == d && net.rtt_ms.iter().all(|r| r.len() == d),
+                "network.rtt_ms must be a {d}×{d} matrix"
+            );
+            for i in 0..d {
+                ensure!(
+                    net.rtt_ms[i][i] == 0,
+                    "network.rtt_ms: a datacenter's own round trip is 0"
+                );
+                for j in 0..d {
+                    ensure!(
+                        net.rtt_ms[i][j] == net.rtt_ms[j][i] && net.rtt_ms[i][j] <= 10_000,
+                        "network.rtt_ms must be symmetric and at most 10 000 ms"
+                    );
+                }
+            }
+        }
         for step in &self.steps {
             match step {
                 Step::Kill { node } | Step::Pause { node } => check(node)?,
@@ -301,7 +419,9 @@ impl Scenario {
                     ensure!(!side.is_empty(), "partition: empty side");
                     side.iter().try_for_each(check)?;
                 }
-                Step::OneWay { from: a, to: b } | Step::Drop { a, b } => {
+                Step::OneWay { from: a, to: b }
+                | Step::Drop { a, b }
+                | Step::DelayLink { a, b, .. } => {
                     check(a)?;
                     check(b)?;
                 }
@@ -310,5 +430,86 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_file_loads() {
+        let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        let dir = Path::new(&manifest).join("../../tests/chaos/scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(
+                    !s.description.is_empty(),
+                    "{}: no description",
+                    path.display()
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 8, "only {n} scenarios in {}", dir.display());
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let s: Scenario = toml::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    const BASE: &str =
+        "nodes = 5\nduration_s = 10\n[[step]]\naction = \"kill\"\nnode = \"leader\"\n";
+
+    #[test]
+    fn bad_scenarios_are_refused() {
+        assert!(parse(BASE).is_ok());
+        for (bad, why) in [
+            (BASE.replace("nodes = 5", "nodes = 2"), "nodes"),
+            (BASE.replace("\"leader\"", "\"chief\""), "selector"),
+            (BASE.replace("\"leader\"", "9"), "not in a 5-node fleet"),
+            (BASE.replace("kill", "explode"), "variant"),
+            (
+                format!("{BASE}[workload]\nmax_attempts = 0\n"),
+                "max_attempts",
+            ),
+            (format!("{BASE}[workload]\nregister = 0\n"), "register"),
+            (format!("{BASE}colour = 1\n"), "unknown field"),
+            (
+                format!(
+                    "{BASE}[network]\ndatacenters = [[1, 2], [3]]\nrtt_ms = [[0, 1], [1, 0]]\n"
+                ),
+                "exactly once",
+            ),
+            (
+                format!(
+                    "{BASE}[network]\ndatacenters = [[1, 2], [3, 4, 5]]\nrtt_ms = [[0, 1], [2, 0]]\n"
+                ),
+                "symmetric",
+            ),
+        ] {
+            let err = format!("{:#}", parse(&bad).expect_err(&bad));
+            assert!(err.contains(why), "{bad}\n→ {err}");
+        }
+    }
+
+    #[test]
+    fn nearest_quorum_round_trip() {
+        let net = Network {
+            datacenters: vec![vec![1, 2], vec![3, 4], vec![5]],
+            rtt_ms: vec![vec![0, 50, 100], vec![50, 0, 150], vec![100, 150, 0]],
+            jitter_ms: 0,
+        };
+        // A leader in A needs one more ack after its neighbour: B, 50 ms.
+        assert_eq!(net.nearest_quorum_rtt(1, 5), 50);
+        assert_eq!(net.nearest_quorum_rtt(3, 5), 50);
+        // The lone node of C needs two acks: both from A, 100 ms.
+        assert_eq!(net.nearest_quorum_rtt(5, 5), 100);
+        assert_eq!(net.rtt(2, 1), 0);
     }
 }

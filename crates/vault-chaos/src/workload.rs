@@ -473,6 +473,14 @@ impl Frontends {
         }
     }
 
+    /// These channels, restricted to node `id` (clients that call only
+    /// it).
+    pub fn only(&self, id: u64) -> Frontends {
+        let mut f = self.clone();
+        f.nodes.retain(|(n, _)| *n == id);
+        f
+    }
+
     /// Node count.
     pub fn len(&self) -> usize {
         self.nodes.len()

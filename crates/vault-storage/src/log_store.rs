@@ -37,13 +37,26 @@ type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 /// an fsync makes every earlier write durable, not only the log's.
 #[derive(Debug)]
 struct GroupCommit {
-    queue: std::sync::mpsc::Sender<Done>,
+    queue: Option<std::sync::mpsc::Sender<Done>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    /// Closes the queue and waits for the thread to finish what is queued
+    /// and let go of the database, so that the directory can be opened
+    /// again as soon as the last store is dropped.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl GroupCommit {
     fn start(db: Arc<Db>) -> Result<GroupCommit, StoreError> {
         let (queue, waiting) = std::sync::mpsc::channel::<Done>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
                 // Ends when the last LogStore clone (the last sender) drops.
@@ -63,7 +76,10 @@ impl GroupCommit {
                 }
             })
             .map_err(|e| StoreError::Task(format!("start the log fsync thread: {e}")))?;
-        Ok(GroupCommit { queue })
+        Ok(GroupCommit {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -255,8 +271,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match result {
             Ok(()) => {
                 let done: Done = Box::new(move |r| callback.log_io_completed(r));
-                if let Err(unsent) = self.commit.queue.send(done) {
-                    (unsent.0)(Err(std::io::Error::other("the log fsync thread is gone")));
+                let sent = match &self.commit.queue {
+                    Some(q) => q.send(done).map_err(|unsent| unsent.0),
+                    None => Err(done),
+                };
+                if let Err(unsent) = sent {
+                    unsent(Err(std::io::Error::other("the log fsync thread is gone")));
                     return Err(io_err(StorageIOError::write_logs)(StoreError::Task(
                         "the log fsync thread is gone".into(),
                     )));

@@ -29,6 +29,11 @@ pub struct FleetSpec {
     /// itself on another port, and connects to peers from its own loopback
     /// address [`source_ip`] so that the proxy can tell the links apart.
     pub proxied: bool,
+    /// The `wan` timer profile (heartbeat 500 ms, election 1500–3000 ms)
+    /// instead of the test's fast LAN timers. openraft uses the heartbeat
+    /// interval as the AppendEntries deadline, so a follower farther than
+    /// that from the leader never catches up on LAN timers.
+    pub wan_timers: bool,
 }
 
 /// The loopback address node `id`'s peer connections come from in a
@@ -46,6 +51,7 @@ impl FleetSpec {
             snapshot_after_logs: 10_000,
             keep_logs_after_snapshot: 1_000,
             proxied: false,
+            wan_timers: false,
         }
     }
 }
@@ -156,15 +162,20 @@ impl Template {
     }
 
     fn write_config(&self, dir: &Path, spec: &FleetSpec, ports: &[u16]) -> anyhow::Result<PathBuf> {
+        let timers = if spec.wan_timers {
+            (500, 1500, 3000)
+        } else {
+            (100, ELECTION_MS.0, ELECTION_MS.1)
+        };
         let mut t = String::new();
         let _ = write!(
             t,
             "version = 1\nfleet_id = \"test\"\nmax_attempts_cap = 10\n\n[raft]\n\
-             heartbeat_ms = 100\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
+             heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
              snapshot_after_logs = {}\nkeep_logs_after_snapshot = {}\n\n[tls]\n\
              fleet_ca = \"pki/fleet-ca.pem\"\nfrontend_ca = \"pki/frontend-ca.pem\"\n\
              operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"\n",
-            ELECTION_MS.0, ELECTION_MS.1, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
+            timers.0, timers.1, timers.2, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
         );
         for n in 1..=spec.nodes {
             let i = (n - 1) as usize * PORTS_PER_NODE;
