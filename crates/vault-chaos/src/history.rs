@@ -87,6 +87,30 @@ pub struct Op {
 }
 
 impl Op {
+    /// An operation starting now, under a fresh random request id (also
+    /// returned, to send); its outcome is `Ok` until something says else.
+    pub fn start(history: &History, client: u32, kind: OpKind, user: &str) -> (Op, [u8; 16]) {
+        use rand::RngCore;
+        let mut request_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut request_id);
+        let start_ms = history.now_ms();
+        let op = Op {
+            client,
+            kind,
+            user: user.to_owned(),
+            request_id: hex::encode(request_id),
+            nodes: Vec::new(),
+            start_ms,
+            end_ms: start_ms,
+            ke2_ms: None,
+            attempts_left: None,
+            generation: None,
+            outcome: Outcome::Ok,
+            finish: None,
+        };
+        (op, request_id)
+    }
+
     /// Whether this op committed a write the client saw: an acknowledged
     /// registration, or a granted attempt (KE2 received).
     pub fn write_seen_at(&self) -> Option<f64> {

@@ -160,23 +160,7 @@ impl Frontends {
         let password = hex::encode(password).into_bytes();
         let mut k = [0u8; 32];
         OsRng.fill_bytes(&mut k);
-        let mut request_id = [0u8; 16];
-        OsRng.fill_bytes(&mut request_id);
-        let start_ms = history.now_ms();
-        let mut op = Op {
-            client,
-            kind: OpKind::Register,
-            user: id.clone(),
-            request_id: hex::encode(request_id),
-            nodes: Vec::new(),
-            start_ms,
-            end_ms: start_ms,
-            ke2_ms: None,
-            attempts_left: None,
-            generation: None,
-            outcome: Outcome::Ok,
-            finish: None,
-        };
+        let (mut op, request_id) = Op::start(history, client, OpKind::Register, &id);
         let result = self
             .register_inner(
                 &mut op.nodes,
@@ -296,27 +280,12 @@ impl Frontends {
         } else {
             b"not the password".to_vec()
         };
-        let mut request_id = [0u8; 16];
-        OsRng.fill_bytes(&mut request_id);
-        let start_ms = history.now_ms();
-        let mut op = Op {
-            client,
-            kind: if right {
-                OpKind::RecoverRight
-            } else {
-                OpKind::RecoverWrong
-            },
-            user: user.id.clone(),
-            request_id: hex::encode(request_id),
-            nodes: Vec::new(),
-            start_ms,
-            end_ms: start_ms,
-            ke2_ms: None,
-            attempts_left: None,
-            generation: None,
-            outcome: Outcome::Ok,
-            finish: None,
+        let kind = if right {
+            OpKind::RecoverRight
+        } else {
+            OpKind::RecoverWrong
         };
+        let (mut op, request_id) = Op::start(history, client, kind, &user.id);
         let started = self
             .recover_start(&mut op, &password, request_id, first)
             .await;
