@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vault/v1/peer.proto",
         "vault/v1/admin.proto",
         "vault/v1/frontend.proto",
+        "vault/v1/witness.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {

@@ -5,7 +5,9 @@
 //! - `node-<id>.vault.internal`: vault node `<id>` (server and client
 //!   certificate of the peer API; clients of a node check this name);
 //! - `operator.vault.internal`: the operator (`vaultctl cluster ...`);
-//! - `<name>.frontend.vault.internal`: a frontend server.
+//! - `<name>.frontend.vault.internal`: a frontend server;
+//! - `witness.vault.internal`: the witness's server certificate (issued by
+//!   the witness's own CA, not the fleet's).
 //!
 //! The CA that issued a certificate says which fleet it belongs to; the name
 //! says which role. A certificate with no such name, or with names of more
@@ -26,6 +28,8 @@ pub enum Identity {
     Operator,
     /// A frontend server with this name.
     Frontend(String),
+    /// The witness (server certificate only).
+    Witness,
 }
 
 impl Identity {
@@ -35,6 +39,7 @@ impl Identity {
             Identity::Node(id) => node_dns_name(*id),
             Identity::Operator => format!("operator.{DOMAIN}"),
             Identity::Frontend(name) => format!("{name}.frontend.{DOMAIN}"),
+            Identity::Witness => format!("witness.{DOMAIN}"),
         }
     }
 
@@ -43,6 +48,9 @@ impl Identity {
         let local = name.strip_suffix(DOMAIN)?.strip_suffix('.')?;
         if local == "operator" {
             return Some(Identity::Operator);
+        }
+        if local == "witness" {
+            return Some(Identity::Witness);
         }
         if let Some(front) = local.strip_suffix(".frontend") {
             let ok = !front.is_empty()
@@ -65,6 +73,7 @@ impl std::fmt::Display for Identity {
             Identity::Node(id) => write!(f, "node {id}"),
             Identity::Operator => f.write_str("the operator"),
             Identity::Frontend(name) => write!(f, "frontend {name}"),
+            Identity::Witness => f.write_str("the witness"),
         }
     }
 }
@@ -121,6 +130,7 @@ mod tests {
             Identity::Node(1),
             Identity::Node(42),
             Identity::Operator,
+            Identity::Witness,
             Identity::Frontend("fe-1".into()),
         ] {
             assert_eq!(Identity::from_dns_name(&id.dns_name()), Some(id));

@@ -113,6 +113,7 @@ impl Authority {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match identity {
+            Identity::Witness => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Identity::Node(_) => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,

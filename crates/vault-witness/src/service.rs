@@ -1,0 +1,211 @@
+//! The witness's gRPC API.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use vault_proto::v1::witness_server::{Witness, WitnessServer};
+use vault_proto::v1::{
+    Entries, GetConsistencyProofRequest, GetEntriesRequest, GetInclusionProofRequest,
+    GetPublicKeyRequest, GetTreeHeadRequest, GetTreeHeadsRequest, Proof, PublicKey,
+    SubmitReply, SubmitRequest, TreeHead as PbHead, TreeHeads,
+};
+use vault_raft::peer::Gatekeeper;
+use vault_transparency::head::TreeHead;
+
+use crate::log::{SubmitError, WitnessLog};
+
+/// Most entries one `GetEntries` call returns.
+pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
+
+/// The API over one log.
+pub struct WitnessService {
+    log: Arc<Mutex<WitnessLog>>,
+    public: Vec<u8>,
+}
+
+impl WitnessService {
+    /// Serves `log`; `public` is the witness's public key.
+    pub fn new(log: WitnessLog, public: Vec<u8>) -> WitnessService {
+        WitnessService {
+            log: Arc::new(Mutex::new(log)),
+            public,
+        }
+    }
+
+    fn with_log<T>(&self, f: impl FnOnce(&mut WitnessLog) -> T) -> T {
+        f(&mut self.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The protobuf form of a tree head.
+pub fn to_pb(h: &TreeHead) -> PbHead {
+    PbHead {
+        tree_size: h.tree_size,
+        timestamp_ms: h.timestamp_ms,
+        root_hash: h.root.to_vec(),
+        signature: h.signature.clone(),
+    }
+}
+
+/// A tree head from its protobuf form.
+pub fn from_pb(h: &PbHead) -> Result<TreeHead, String> {
+    Ok(TreeHead {
+        tree_size: h.tree_size,
+        timestamp_ms: h.timestamp_ms,
+        root: h
+            .root_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| "tree head root is not 32 bytes".to_owned())?,
+        signature: h.signature.clone(),
+    })
+}
+
+fn submit_status(e: SubmitError) -> Status {
+    match e {
+        SubmitError::Malformed(m) => Status::invalid_argument(m),
+        SubmitError::Storage(m) => Status::unavailable(m),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[tonic::async_trait]
+impl Witness for WitnessService {
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let bundle = req.into_inner().bundle;
+        let log = self.log.clone();
+        // The append fsyncs: keep it off the async workers.
+        let appended = tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&bundle, now_ms())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(submit_status)?;
+        tracing::info!(
+            index = appended.index,
+            existing = appended.existing,
+            size = appended.head.tree_size,
+            "bundle signed"
+        );
+        Ok(Response::new(SubmitReply {
+            witness_signature: appended.witness_signature,
+            log_index: appended.index,
+            tree_head: Some(to_pb(&appended.head)),
+            inclusion_proof: appended
+                .inclusion_proof
+                .iter()
+                .map(|h| h.to_vec())
+                .collect(),
+            existing: appended.existing,
+        }))
+    }
+
+    async fn get_tree_head(
+        &self,
+        _: Request<GetTreeHeadRequest>,
+    ) -> Result<Response<PbHead>, Status> {
+        Ok(Response::new(self.with_log(|l| to_pb(&l.latest_head()))))
+    }
+
+    async fn get_tree_heads(
+        &self,
+        _: Request<GetTreeHeadsRequest>,
+    ) -> Result<Response<TreeHeads>, Status> {
+        Ok(Response::new(TreeHeads {
+            heads: self.with_log(|l| l.heads().iter().map(to_pb).collect()),
+        }))
+    }
+
+    async fn get_entries(
+        &self,
+        req: Request<GetEntriesRequest>,
+    ) -> Result<Response<Entries>, Status> {
+        let r = req.into_inner();
+        if r.end < r.start {
+            return Err(Status::invalid_argument("end is before start"));
+        }
+        let end = r.end.min(r.start.saturating_add(MAX_ENTRIES_PER_CALL));
+        Ok(Response::new(Entries {
+            entries: self.with_log(|l| l.entries(r.start, end).to_vec()),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<Proof>, Status> {
+        let r = req.into_inner();
+        let proof = self
+            .with_log(|l| l.inclusion_proof(r.index, r.tree_size))
+            .ok_or_else(|| Status::out_of_range("index or tree size outside the log"))?;
+        Ok(Response::new(Proof {
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<Proof>, Status> {
+        let r = req.into_inner();
+        let proof = self
+            .with_log(|l| l.consistency_proof(r.first, r.second))
+            .ok_or_else(|| Status::out_of_range("sizes outside the log or out of order"))?;
+        Ok(Response::new(Proof {
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_public_key(
+        &self,
+        _: Request<GetPublicKeyRequest>,
+    ) -> Result<Response<PublicKey>, Status> {
+        Ok(Response::new(PublicKey {
+            ed25519: self.public.clone(),
+        }))
+    }
+}
+
+/// Serves `service` on `addr` until `shutdown` resolves. TLS presents the
+/// witness's certificate; a client certificate is optional (reads are
+/// public) and, when present, must come from `operator_ca`.
+pub async fn serve(
+    service: WitnessService,
+    addr: SocketAddr,
+    tls: &vault_raft::tls::CertFiles,
+    operator_ca: &std::path::Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let config = ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&tls.cert)?,
+            read(&tls.key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(operator_ca)?))
+        .client_auth_optional(true);
+    // tonic's serve_with_incoming ignores the builder's nodelay.
+    let incoming = TcpIncoming::bind(addr)
+        .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?
+        .with_nodelay(Some(true));
+    Server::builder()
+        .tls_config(config)?
+        .add_service(WitnessServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
