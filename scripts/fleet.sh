@@ -3,22 +3,27 @@
 #
 #   ./scripts/fleet.sh up      install what is missing, build, provision one
 #                              SoftHSM token per node (the fleet KEK made on
-#                              node 1 and copied by ceremony), issue the
-#                              fleet's certificates, start the three nodes,
-#                              initialize the fleet on first start, wait for
-#                              a leader and print the status. On a running
-#                              or stopped fleet: restart it, keeping data.
-#   ./scripts/fleet.sh start   start the nodes that are not running (no
+#                              node 1 and copied by ceremony) and an operator
+#                              token, issue the fleet's certificates, start
+#                              a local witness and the three nodes,
+#                              initialize the fleet and publish its keys
+#                              (epoch 1) on first start, wait for a leader
+#                              and print the status. On a running or
+#                              stopped fleet: restart it, keeping data.
+#   ./scripts/fleet.sh start   start the witness and nodes that are not running (no
 #                              build, no provisioning; e.g. after a kill)
-#   ./scripts/fleet.sh down    stop the nodes (SIGTERM; SIGKILL after 15 s)
+#   ./scripts/fleet.sh down    stop the nodes and the witness (SIGTERM;
+#                              SIGKILL after 15 s)
 #   ./scripts/fleet.sh status  the fleet's status (vaultctl cluster status)
 #   ./scripts/fleet.sh logs    the last lines of every node's log
 #   ./scripts/fleet.sh clean   stop the nodes and delete the fleet directory
 #
 # State lives in one directory, .fleet/ (override with FLEET_DIR): hsm/
-# (SoftHSM token dirs), secrets/ (PIN files, mode 600), pki/ (CAs, node,
-# operator and frontend certificates), node-N/data (RocksDB), node-N.log,
-# node-N.pid.
+# (SoftHSM token dirs, one per node and hsm/operator), secrets/ (PIN files,
+# mode 600), pki/ (CAs, node, operator and frontend certificates),
+# witness/ (the witness's key, TLS material and log), pins.json (the
+# witness and operator public keys that apps pin), node-N/data (RocksDB),
+# node-N.log, node-N.pid, witness.log, witness.pid.
 #
 # Exit codes: 0 done; 1 a step failed; 2 bad usage.
 set -euo pipefail
@@ -31,7 +36,9 @@ NODES=(1 2 3)
 BIN="$CARGO_TARGET_DIR/debug"
 export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="$FLEET_CONFIG"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+WITNESS_ADDR="${WITNESS_ADDR:-127.0.0.1:7400}"
+export BKV_WITNESS="$WITNESS_ADDR"
 
 new_pin() {
   local path=$1
@@ -74,6 +81,45 @@ provision_hsms() {
   done
 }
 
+provision_operator() {
+  new_pin "$FLEET_DIR/secrets/operator.so.pin"
+  new_pin "$FLEET_DIR/secrets/operator.user.pin"
+  local dir="$FLEET_DIR/hsm/operator"
+  if ! { [ -d "$dir/tokens" ] && [ -n "$(ls -A "$dir/tokens")" ]; }; then
+    bkv_log "operator: provisioning its HSM token (the bundle counter-signing key)"
+    "$BIN/vaultctl" hsm init --operator --softhsm-dir "$dir" --label operator \
+      --so-pin-file "$FLEET_DIR/secrets/operator.so.pin" \
+      --user-pin-file "$FLEET_DIR/secrets/operator.user.pin" >/dev/null
+  fi
+  local witness_key operator_key
+  witness_key=$("$BIN/vault-witness" init --dir "$FLEET_DIR/witness")
+  operator_key=$("$BIN/vaultctl" hsm operator-key --softhsm-dir "$dir" --label operator \
+    --user-pin-file "$FLEET_DIR/secrets/operator.user.pin")
+  printf '{\n  "witness_key": "%s",\n  "operator_key": "%s"\n}\n' \
+    "$witness_key" "$operator_key" > "$FLEET_DIR/pins.json.tmp"
+  mv "$FLEET_DIR/pins.json.tmp" "$FLEET_DIR/pins.json"
+}
+
+witness_pid() {
+  local f="$FLEET_DIR/witness.pid"
+  [ -f "$f" ] || return 1
+  local pid
+  pid=$(cat "$f")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q vault-witness || return 1
+  echo "$pid"
+}
+
+start_witness() {
+  if pid=$(witness_pid); then
+    bkv_log "witness: running already (pid $pid)"
+    return 0
+  fi
+  setsid "$BIN/vault-witness" serve --dir "$FLEET_DIR/witness" --listen "$WITNESS_ADDR" \
+    --operator-ca "$FLEET_DIR/pki/fleet-ca.pem" >>"$FLEET_DIR/witness.log" 2>&1 < /dev/null &
+  echo $! > "$FLEET_DIR/witness.pid"
+  bkv_log "witness: started (pid $!, $WITNESS_ADDR, log $FLEET_DIR/witness.log)"
+}
+
 pid_of() {
   local f="$FLEET_DIR/node-$1.pid"
   [ -f "$f" ] || return 1
@@ -86,6 +132,12 @@ pid_of() {
 
 down() {
   local pids=()
+  if pid=$(witness_pid); then
+    bkv_log "witness: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    pids+=("$pid")
+  fi
+  rm -f "$FLEET_DIR/witness.pid"
   for n in "${NODES[@]}"; do
     if pid=$(pid_of "$n"); then
       bkv_log "node-$n: stopping (pid $pid)"
@@ -130,12 +182,16 @@ up() {
   provision_hsms
   bkv_log "issuing certificates (kept if they exist)"
   "$BIN/vaultctl" pki init --frontend local
+  provision_operator
   down
+  start_witness
   start_nodes
   bkv_log "initializing the fleet (a no-op if it is initialized)"
   "$BIN/vaultctl" cluster init --wait 60
   bkv_log "waiting for one leader and equal applied indexes"
   "$BIN/vaultctl" cluster status --wait-converged 60
+  bkv_log "publishing the fleet's keys through the witness (a no-op if published)"
+  "$BIN/vaultctl" fleet publish-keys --if-missing
   cat <<EOT
 
 The fleet is up. Its state is in $FLEET_DIR.
@@ -143,16 +199,19 @@ The fleet is up. Its state is in $FLEET_DIR.
   metrics:       curl http://127.0.0.1:7301/metrics   (/ready, /live; nodes 2, 3 on :7302, :7303)
   frontend API:  127.0.0.1:7101-7103, mutual TLS: CA $FLEET_DIR/pki/fleet-ca.pem,
                  client certificate $FLEET_DIR/pki/frontend-local.pem (+ .key)
+  witness:       $WITNESS_ADDR (CA $FLEET_DIR/witness/tls/ca.pem); pins: $FLEET_DIR/pins.json
+  audit:         $BIN/vaultctl audit   (see README, "How to audit a fleet")
   stop:          ./scripts/fleet.sh down
 EOT
 }
 
 case "${1:-}" in
   up) up ;;
-  start) start_nodes; "$BIN/vaultctl" cluster status --wait-converged 60 ;;
+  start) start_witness; start_nodes; "$BIN/vaultctl" cluster status --wait-converged 60 ;;
   down) down ;;
   status) "$BIN/vaultctl" cluster status "${@:2}" ;;
-  logs) for n in "${NODES[@]}"; do echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
+  logs) echo "--- witness ($FLEET_DIR/witness.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/witness.log" 2>/dev/null || true
+        for n in "${NODES[@]}"; do echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
   clean) down; rm -rf "$FLEET_DIR"; bkv_log "removed $FLEET_DIR" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;

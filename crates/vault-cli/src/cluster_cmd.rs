@@ -38,8 +38,13 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
-    fn load(&self) -> anyhow::Result<Fleet> {
+    pub(crate) fn load(&self) -> anyhow::Result<Fleet> {
         Ok(Fleet::load(&self.config, &self.fleet_dir)?)
+    }
+
+    /// The fleet directory.
+    pub(crate) fn fleet_dir(&self) -> PathBuf {
+        self.fleet_dir.clone()
     }
 }
 
@@ -176,15 +181,15 @@ pub fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(cluster(cmd))
 }
 
-struct Admin {
-    fleet: Fleet,
+pub(crate) struct Admin {
+    pub(crate) fleet: Fleet,
 }
 
 /// How long `cluster status` waits for one node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Admin {
-    fn client(&self, node: u64) -> anyhow::Result<AdminClient<Channel>> {
+    pub(crate) fn client(&self, node: u64) -> anyhow::Result<AdminClient<Channel>> {
         let n = self.fleet.node(node).map_err(anyhow::Error::msg)?;
         let tls = client_config_for_node(&self.fleet.tls.operator, &self.fleet.tls.fleet_ca, node)?;
         let channel = Endpoint::from_shared(format!("https://{}", n.peer_addr))?
@@ -236,7 +241,7 @@ impl Admin {
     }
 
     /// Runs `call` on the leader, following a leader change a few times.
-    async fn on_leader<F, Fut, T>(&self, call: F) -> anyhow::Result<T>
+    pub(crate) async fn on_leader<F, Fut, T>(&self, call: F) -> anyhow::Result<T>
     where
         F: Fn(AdminClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -269,7 +274,7 @@ impl Admin {
     }
 }
 
-fn code_name(code: tonic::Code) -> String {
+pub(crate) fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 

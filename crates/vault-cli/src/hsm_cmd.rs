@@ -22,6 +22,8 @@ pub enum HsmCommand {
     Init(InitArgs),
     /// Show a token and the PKCS#11 attributes of every vault key.
     Report(ReportArgs),
+    /// Print an operator token's public key (hex), the key apps pin.
+    OperatorKey(ReportArgs),
     /// Ceremony step 1, on the receiving HSM: write its transport public key.
     ExportTransport(ExportArgs),
     /// Ceremony step 2, on the sending HSM: the security officer trusts the
@@ -97,8 +99,13 @@ pub struct InitArgs {
     #[arg(long, value_name = "FILE")]
     user_pin_file: PathBuf,
     /// Generate the fleet KEK on this token (the founding node only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "operator")]
     kek: bool,
+    /// Make an operator token instead of a node token: one P-256 key pair
+    /// (`bkv-operator`) that counter-signs fleet-key bundles, and nothing
+    /// else.
+    #[arg(long)]
+    operator: bool,
     /// Print the key report as JSON.
     #[arg(long)]
     json: bool,
@@ -234,6 +241,7 @@ pub fn run(cmd: HsmCommand) -> Result<ExitCode> {
     match cmd {
         HsmCommand::Init(a) => init(a),
         HsmCommand::Report(a) => report(a),
+        HsmCommand::OperatorKey(a) => operator_key(a),
         HsmCommand::ExportTransport(a) => export_transport(a),
         HsmCommand::WrapKek(a) => wrap_kek(a),
         HsmCommand::ImportKek(a) => import_kek(a),
@@ -248,20 +256,40 @@ fn init(a: InitArgs) -> Result<ExitCode> {
         return Ok(code);
     }
     let module = a.token.module()?;
-    eprintln!(
-        "initialising token {:?} (generating {}attestation and transport keys; RSA-3072 takes a moment)",
-        a.token.label,
-        if a.kek { "fleet KEK, " } else { "" }
-    );
-    let report = provision::init_token(&InitRequest {
+    let req = InitRequest {
         module: &module,
         label: &a.token.label,
         so_pin: &so_pin,
         user_pin: &user_pin,
         generate_kek: a.kek,
-    })
+    };
+    let report = if a.operator {
+        eprintln!(
+            "initialising operator token {:?} (generating the bundle-signing key)",
+            a.token.label
+        );
+        provision::init_operator_token(&req)
+    } else {
+        eprintln!(
+            "initialising token {:?} (generating {}attestation and transport keys; RSA-3072 takes a moment)",
+            a.token.label,
+            if a.kek { "fleet KEK, " } else { "" }
+        );
+        provision::init_token(&req)
+    }
     .with_context(|| format!("initialise token {:?}", a.token.label))?;
     emit_report(&report, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn operator_key(a: ReportArgs) -> Result<ExitCode> {
+    let user_pin = pin(&a.user_pin_file)?;
+    if let Some(code) = a.token.rerun_for_dir(false)? {
+        return Ok(code);
+    }
+    let key = vault_hsm::OperatorKey::open(&a.token.module()?, &a.token.label, &user_pin)
+        .with_context(|| format!("open operator token {:?}", a.token.label))?;
+    emit(&format!("{}\n", hex::encode(&key.public_key().0)));
     Ok(ExitCode::SUCCESS)
 }
 

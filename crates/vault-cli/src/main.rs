@@ -2,7 +2,9 @@
 //!
 //! It provisions HSM tokens and runs the KEK ceremony (`vaultctl hsm …`),
 //! issues the fleet's certificates (`vaultctl pki …`) and operates a
-//! running fleet (`vaultctl cluster …`); and it does what an app does:
+//! running fleet (`vaultctl cluster …`), publishes its keys through the
+//! witness and collects deployment evidence (`vaultctl fleet …`), audits
+//! the witness log (`vaultctl audit`); and it does what an app does:
 //! register a password-protected backup key, recover it, show a user's
 //! status, delete (`vaultctl register | recover | status | delete`), and
 //! encrypt backup files with the key (`vaultctl backup …`).
@@ -16,6 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster_cmd;
+mod fleet_cmd;
 mod hsm_cmd;
 mod output;
 mod user_cmd;
@@ -41,6 +44,14 @@ enum Command {
     /// Operate a running fleet: init, status, membership, snapshots.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Publish the fleet's keys through the witness, and collect
+    /// deployment evidence.
+    #[command(subcommand)]
+    Fleet(fleet_cmd::FleetCommand),
+    /// Audit the witness log: verify every signed tree head and their
+    /// consistency, list every fleet-key epoch, and verify deployment
+    /// evidence against it. Exit 0 only if everything checks out.
+    Audit(fleet_cmd::AuditArgs),
     #[command(flatten)]
     User(user_cmd::UserCommand),
     /// Encrypt or decrypt a backup file with a backup key.
@@ -54,6 +65,8 @@ fn main() -> ExitCode {
         Command::Hsm(cmd) => hsm_cmd::run(cmd),
         Command::Pki(cmd) => cluster_cmd::run_pki(cmd),
         Command::Cluster(cmd) => cluster_cmd::run_cluster(cmd),
+        Command::Fleet(cmd) => fleet_cmd::run_fleet(cmd),
+        Command::Audit(a) => fleet_cmd::run_audit(a),
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Backup(cmd) => user_cmd::run_backup(cmd),
     };

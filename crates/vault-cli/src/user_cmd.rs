@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use vault_client::{Client, ClientError, Ksf, Status};
+use vault_client::{Client, ClientError, Ksf, PinnedTrust, Status, Trust};
 use vault_raft::config::Fleet;
 use vault_types::UserId;
 use zeroize::Zeroizing;
@@ -37,6 +37,36 @@ pub struct FleetChoice {
     /// or `fast` (tests only). Recovery must use the registration's.
     #[arg(long, env = "BKV_KSF", value_enum, default_value = "production")]
     ksf: KsfChoice,
+    /// The pinned witness and operator public keys (JSON:
+    /// `{"witness_key": HEX, "operator_key": HEX}`). Default: `pins.json` in
+    /// the fleet directory, which `scripts/fleet.sh up` writes. With pins,
+    /// every registration and recovery checks the fleet's signed key bundle
+    /// before sending anything secret; the newest epoch seen is kept in
+    /// `seen-epochs.json` beside the pins file.
+    #[arg(long, env = "BKV_PINS", value_name = "FILE")]
+    pins: Option<PathBuf>,
+}
+
+/// The pins file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinsFile {
+    /// The witness's Ed25519 public key (hex).
+    pub witness_key: String,
+    /// The operator's P-256 public key (hex, SEC1 uncompressed).
+    pub operator_key: String,
+}
+
+/// Reads a pins file.
+pub fn read_pins(path: &Path) -> anyhow::Result<vault_client::Pins> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read pins {}", path.display()))?;
+    let file: PinsFile =
+        serde_json::from_str(&text).with_context(|| format!("parse pins {}", path.display()))?;
+    Ok(
+        vault_client::Pins::from_hex(&file.witness_key, &file.operator_key)
+            .with_context(|| format!("pins {}", path.display()))?,
+    )
 }
 
 /// Argon2id profiles.
@@ -49,7 +79,7 @@ pub enum KsfChoice {
 }
 
 impl FleetChoice {
-    fn fleet(&self) -> anyhow::Result<Fleet> {
+    fn fleet_and_dir(&self) -> anyhow::Result<(Fleet, PathBuf)> {
         let env_config = std::env::var_os("BKV_FLEET_CONFIG").map(PathBuf::from);
         let env_dir = std::env::var_os("BKV_FLEET_DIR").map(PathBuf::from);
         let default_config = PathBuf::from("cluster-configs/local-3.toml");
@@ -67,9 +97,10 @@ impl FleetChoice {
                 env_dir.unwrap_or_else(|| PathBuf::from(".fleet")),
             ),
         };
-        Fleet::load(&config, &dir).with_context(|| {
+        let fleet = Fleet::load(&config, &dir).with_context(|| {
             "no fleet to talk to: start one with ./scripts/fleet.sh up, or pass --fleet".to_owned()
-        })
+        })?;
+        Ok((fleet, dir))
     }
 
     fn client(&self) -> anyhow::Result<Client> {
@@ -77,7 +108,25 @@ impl FleetChoice {
             KsfChoice::Production => Ksf::Production,
             KsfChoice::Fast => Ksf::Fast,
         };
-        Ok(Client::from_fleet(&self.fleet()?, &self.frontend, ksf)?)
+        let (fleet, dir) = self.fleet_and_dir()?;
+        let client = Client::from_fleet(&fleet, &self.frontend, ksf)?;
+        let pins = self.pins.clone().or_else(|| {
+            let p = dir.join("pins.json");
+            p.exists().then_some(p)
+        });
+        let trust = match pins {
+            Some(path) => {
+                let store = path.with_file_name("seen-epochs.json");
+                Trust::Pinned(PinnedTrust::new(read_pins(&path)?, Some(store))?)
+            }
+            None => {
+                eprintln!(
+                    "vaultctl: WARNING: no pinned witness and operator keys (--pins); trusting the keys of any node with a fleet certificate"
+                );
+                Trust::FleetCertificateOnly
+            }
+        };
+        Ok(client.with_trust(trust))
     }
 }
 

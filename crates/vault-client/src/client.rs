@@ -22,6 +22,8 @@ use vault_raft::tls::CertFiles;
 use vault_types::{FleetId, Generation, UserId};
 use zeroize::Zeroizing;
 
+use crate::trust::Trust;
+
 pub use vault_types::UserStatus as Status;
 
 /// One node's frontend address.
@@ -98,6 +100,10 @@ pub enum ClientError {
     /// A protocol step failed on this side.
     #[error("protocol: {0}")]
     Protocol(ProtocolError),
+    /// The fleet's signed key bundle failed a check (which one is named);
+    /// nothing secret was sent.
+    #[error("fleet-key bundle check failed: {0}")]
+    Bundle(vault_transparency::BundleError),
     /// The fleet answered something that does not fit (wrong fleet, wrong
     /// server key).
     #[error("the fleet's answer does not check out: {0}")]
@@ -158,6 +164,7 @@ pub struct Client {
     ksf: Ksf,
     deadline: Duration,
     next: AtomicUsize,
+    trust: Trust,
 }
 
 impl std::fmt::Debug for Client {
@@ -166,6 +173,7 @@ impl std::fmt::Debug for Client {
             .field("endpoints", &self.endpoints)
             .field("fleet_id", &self.fleet_id)
             .field("ksf", &self.ksf)
+            .field("trust", &self.trust)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +218,7 @@ impl Client {
             ksf,
             deadline: Duration::from_secs(30),
             next: AtomicUsize::new(start),
+            trust: Trust::FleetCertificateOnly,
         })
     }
 
@@ -246,6 +255,13 @@ impl Client {
             fleet.fleet_id.clone(),
             ksf,
         )
+    }
+
+    /// What this client trusts (default [`Trust::FleetCertificateOnly`];
+    /// apps set [`Trust::Pinned`]).
+    pub fn with_trust(mut self, trust: Trust) -> Client {
+        self.trust = trust;
+        self
     }
 
     /// How long a call keeps retrying unavailable nodes (default 30 s).
@@ -333,7 +349,9 @@ impl Client {
         let (_, keys) = self
             .any_node(|mut c| async move { c.get_fleet_bundle(GetFleetBundleRequest {}).await })
             .await?;
-        self.check_keys(Some(&keys))
+        let keys = self.check_keys(Some(&keys))?;
+        self.trust.check(self.fleet_id.as_str(), &keys)?;
+        Ok(keys)
     }
 
     /// Registers `user` with `password`: generates a fresh K, registers it
@@ -374,6 +392,9 @@ impl Client {
             })
             .await?;
         let keys = self.check_keys(start.fleet.as_ref())?;
+        // Before anything secret is made or sent: the bundle, and that the
+        // HPKE key we seal to is the bundle's.
+        self.trust.check(self.fleet_id.as_str(), &keys)?;
         let out = state
             .finish(
                 &mut OsRng,
@@ -387,9 +408,7 @@ impl Client {
             )
             .map_err(ClientError::Protocol)?;
         if out.server_public_key != keys.opaque_public_key {
-            return Err(ClientError::Untrusted(
-                "the OPAQUE server key is not the fleet's".into(),
-            ));
+            return Err(crate::trust::opaque_key_mismatch());
         }
         let sealed = out.sealed.clone();
         // A concurrent registration of the same user can win the
@@ -442,6 +461,7 @@ impl Client {
             })
             .await?;
         let keys = self.check_keys(start.fleet.as_ref())?;
+        self.trust.check(self.fleet_id.as_str(), &keys)?;
         let ok = match login.finish(&mut OsRng, password, &start.ke2, user, &self.fleet_id, &ksf) {
             Ok(ok) => ok,
             Err(ProtocolError::WrongPassword) => {
@@ -451,10 +471,9 @@ impl Client {
             }
             Err(e) => return Err(ClientError::Protocol(e)),
         };
+        // KE3 proves the password: it goes only to the bundle's server.
         if ok.server_public_key != keys.opaque_public_key {
-            return Err(ClientError::Untrusted(
-                "the OPAQUE server key is not the fleet's".into(),
-            ));
+            return Err(crate::trust::opaque_key_mismatch());
         }
         let finish = self
             .same_node(node, |mut c| {

@@ -20,7 +20,7 @@ use cryptoki::types::AuthPin;
 use crate::attestation::P256_EC_PARAMS;
 use crate::blob::KekVersion;
 use crate::error::{DeviceError, OpenError};
-use crate::pkcs11::keys::{ATTESTATION_LABEL, TRANSPORT_LABEL, kek_template};
+use crate::pkcs11::keys::{ATTESTATION_LABEL, OPERATOR_LABEL, TRANSPORT_LABEL, kek_template};
 use crate::pkcs11::token::{Token, load_module};
 use crate::report::KeyReport;
 use crate::secret::SecretBytes;
@@ -107,6 +107,33 @@ fn check_label(label: &str) -> Result<(), ProvisionError> {
 /// Initialises a new token in a free slot, sets its PINs and generates the
 /// vault's keys. Returns the key report of the new token.
 pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
+    let (token, session) = create_token(req)?;
+    if req.generate_kek {
+        generate_kek(&session, KekVersion(1))?;
+    }
+    generate_ec_signing_key(&session, ATTESTATION_LABEL, "generate attestation key")?;
+    generate_transport_key(&session)?;
+    report_with(&token, &session)
+}
+
+/// Initialises a new operator token: one EC P-256 signing key pair
+/// (`bkv-operator`, private half sensitive and never extractable) that
+/// counter-signs fleet-key bundles. It holds no KEK and no node keys, so
+/// `req.generate_kek` must be false. Returns the key report.
+pub fn init_operator_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
+    if req.generate_kek {
+        return Err(ProvisionError::BadLabel(
+            "an operator token holds no fleet KEK".into(),
+        ));
+    }
+    let (token, session) = create_token(req)?;
+    generate_ec_signing_key(&session, OPERATOR_LABEL, "generate operator key")?;
+    report_with(&token, &session)
+}
+
+/// Creates the token, sets its PINs, and returns it with a session logged
+/// in as the user.
+fn create_token(req: &InitRequest<'_>) -> Result<(Token, Session), ProvisionError> {
     check_label(req.label)?;
     // A module offers one free slot at a time; two threads initialising at
     // once would race for it.
@@ -164,12 +191,7 @@ pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
         .logout()
         .map_err(|e| DeviceError::from_cryptoki("log out security officer", e))?;
     token.login_user(&session, req.user_pin)?;
-    if req.generate_kek {
-        generate_kek(&session, KekVersion(1))?;
-    }
-    generate_attestation_key(&session)?;
-    generate_transport_key(&session)?;
-    report_with(&token, &session)
+    Ok((token, session))
 }
 
 /// The key report of an existing token, logged in as the user.
@@ -199,8 +221,12 @@ fn generate_kek(session: &Session, version: KekVersion) -> Result<ObjectHandle, 
         .map_err(|e| DeviceError::from_cryptoki("generate fleet KEK", e))
 }
 
-fn generate_attestation_key(session: &Session) -> Result<(), DeviceError> {
-    let label = ATTESTATION_LABEL.as_bytes().to_vec();
+fn generate_ec_signing_key(
+    session: &Session,
+    label: &str,
+    what: &'static str,
+) -> Result<(), DeviceError> {
+    let label = label.as_bytes().to_vec();
     let public = [
         Attribute::Token(true),
         Attribute::Private(false),
@@ -224,7 +250,7 @@ fn generate_attestation_key(session: &Session) -> Result<(), DeviceError> {
     ];
     session
         .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-        .map_err(|e| DeviceError::from_cryptoki("generate attestation key", e))?;
+        .map_err(|e| DeviceError::from_cryptoki(what, e))?;
     Ok(())
 }
 

@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
 use vault_proto::v1::admin_server::Admin;
 use vault_proto::v1::{
-    AddLearnerRequest, InitReply, InitRequest, Member, MembershipReply, PromoteRequest,
-    RemoveNodeRequest, Role, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest,
+    AddLearnerRequest, EvidenceReply, EvidenceRequest, FleetKeys, GetFleetKeysRequest, InitReply,
+    InitRequest, Member, MembershipReply, PromoteRequest, RemoveNodeRequest, Role, SetBundleReply,
+    SetBundleRequest, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest,
 };
 use vault_raft::Raft;
 use vault_raft::config::Fleet;
@@ -45,6 +46,8 @@ pub struct AdminService {
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub ready: Readiness,
+    /// The frontend service (for the fleet's public keys).
+    pub frontend: Arc<crate::frontend::FrontendService>,
 }
 
 fn now() -> Timestamp {
@@ -375,5 +378,58 @@ impl Admin for AdminService {
         Ok(Response::new(SnapshotReply {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }))
+    }
+
+    async fn get_fleet_keys(
+        &self,
+        req: Request<GetFleetKeysRequest>,
+    ) -> Result<Response<FleetKeys>, Status> {
+        Gatekeeper::operator(&req)?;
+        Ok(Response::new(self.frontend.public_keys().await?))
+    }
+
+    async fn set_bundle(
+        &self,
+        req: Request<SetBundleRequest>,
+    ) -> Result<Response<SetBundleReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let signed = req.into_inner().signed_bundle;
+        let keys = self.frontend.public_keys().await?;
+        let epoch = crate::transparency::check_bundle(&signed, &keys)?;
+        let proposal = Proposal {
+            request: Some(RequestMeta {
+                id: RequestId(rand::random()),
+                digest: RequestDigest::of(&[b"set-bundle", &signed]),
+            }),
+            at: now(),
+            command: Command::SetBundle {
+                bundle: signed,
+                epoch,
+            },
+        };
+        match self
+            .proposer
+            .propose(proposal)
+            .await
+            .map_err(propose_status)?
+        {
+            Reply::Vault(Ok(_)) => {
+                tracing::info!(epoch, "fleet-key bundle installed");
+                Ok(Response::new(SetBundleReply { epoch }))
+            }
+            Reply::Vault(Err(e)) => Err(Status::failed_precondition(e.to_string())),
+            Reply::Raft => Err(Status::internal("SetBundle got a Raft reply")),
+        }
+    }
+
+    async fn evidence(
+        &self,
+        req: Request<EvidenceRequest>,
+    ) -> Result<Response<EvidenceReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let nonce = req.into_inner().nonce;
+        crate::transparency::evidence(self.node_id, &self.fleet, &self.hsm, &nonce)
+            .await
+            .map(Response::new)
     }
 }

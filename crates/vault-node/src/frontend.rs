@@ -236,6 +236,13 @@ impl FrontendService {
             .cloned()
     }
 
+    /// The fleet's public keys and current bundle (unseals the fleet
+    /// secrets on first use).
+    pub async fn public_keys(&self) -> Result<FleetKeys, Status> {
+        let secrets = self.secrets().await?;
+        Ok(self.fleet_keys(&secrets))
+    }
+
     fn fleet_keys(&self, s: &FleetSecrets) -> FleetKeys {
         let bundle = self
             .reader

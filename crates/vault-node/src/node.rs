@@ -128,13 +128,13 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .await;
 
     let gate = Gatekeeper::new(raft.clone(), fleet.nodes.keys().copied().collect());
-    let frontend = crate::frontend::FrontendService::new(
+    let frontend = Arc::new(crate::frontend::FrontendService::new(
         fleet.clone(),
         reader.clone(),
         hsm.clone(),
         proposer.clone(),
         metrics.clone(),
-    );
+    ));
     let admin = AdminService {
         node_id,
         fleet: fleet.clone(),
@@ -144,6 +144,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         proposer,
         metrics: metrics.clone(),
         ready: ready.clone(),
+        frontend: frontend.clone(),
     };
 
     let peer_incoming = bind(me.peer_bind_addr, "peer")?;
@@ -169,7 +170,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .layer(RpcLayer::new(metrics.clone(), node_id))
         .add_service(
-            vault_proto::v1::frontend_server::FrontendServer::new(frontend)
+            vault_proto::v1::frontend_server::FrontendServer::from_arc(frontend)
                 .max_decoding_message_size(FRONTEND_MAX_MESSAGE),
         )
         .add_service(health_service)

@@ -104,6 +104,8 @@ pub struct Fleet {
     pub tls: FleetTls,
     /// Every node, by id.
     pub nodes: BTreeMap<u64, NodeConfig>,
+    /// SHA-256 of the fleet file's text (deployment evidence names it).
+    pub source_sha256: [u8; 32],
 }
 
 /// Raft timers and log compaction settings.
@@ -270,10 +272,12 @@ impl Fleet {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
         })?;
-        validate(file, fleet_dir).map_err(|message| ConfigError::Invalid {
+        let mut fleet = validate(file, fleet_dir).map_err(|message| ConfigError::Invalid {
             path: PathBuf::from("<text>"),
             message,
-        })
+        })?;
+        fleet.source_sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+        Ok(fleet)
     }
 
     /// Node `id`, or an error naming the ids there are.
@@ -434,6 +438,7 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
         raft,
         tls,
         nodes,
+        source_sha256: [0; 32],
     })
 }
 

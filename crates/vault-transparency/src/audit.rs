@@ -53,9 +53,7 @@ pub enum AuditError {
         size: u64,
     },
     /// Two different signed heads of one size: the witness forked its log.
-    #[error(
-        "forked log: two signed tree heads of size {size} with different roots ({a} and {b})"
-    )]
+    #[error("forked log: two signed tree heads of size {size} with different roots ({a} and {b})")]
     Fork {
         /// The size.
         size: u64,
@@ -196,7 +194,10 @@ pub fn audit(
             });
         }
     }
-    let latest = heads.iter().max_by_key(|h| h.tree_size).ok_or(AuditError::NoHead)?;
+    let latest = heads
+        .iter()
+        .max_by_key(|h| h.tree_size)
+        .ok_or(AuditError::NoHead)?;
     if latest.tree_size != served {
         return Err(AuditError::LatestHeadSize {
             size: latest.tree_size,
@@ -390,7 +391,10 @@ mod tests {
         }
         let rows = log.audit(&[]).expect("clean");
         let changed: Vec<&str> = rows.iter().map(|r| r.changed.as_str()).collect();
-        assert_eq!(changed, ["first epoch", "validity only", "OPAQUE key", "OPAQUE key"]);
+        assert_eq!(
+            changed,
+            ["first epoch", "validity only", "OPAQUE key", "OPAQUE key"]
+        );
     }
 
     #[test]
@@ -426,18 +430,42 @@ mod tests {
         }
         let mut bad = log.heads.clone();
         bad[1].signature[0] ^= 1;
-        let err = audit(&log.key.verifying_key(), &log.entries, &bad, &log.proofs(), &[]);
+        let err = audit(
+            &log.key.verifying_key(),
+            &log.entries,
+            &bad,
+            &log.proofs(),
+            &[],
+        );
         assert!(matches!(err, Err(AuditError::HeadSignature { .. })));
 
         let mut entries = log.entries.clone();
         entries[0][30] ^= 1;
-        let err = audit(&log.key.verifying_key(), &entries, &log.heads, &log.proofs(), &[]);
+        let err = audit(
+            &log.key.verifying_key(),
+            &entries,
+            &log.heads,
+            &log.proofs(),
+            &[],
+        );
         assert!(matches!(err, Err(AuditError::RootMismatch { .. })));
 
         let mut proofs = log.proofs();
         proofs[1].proof[0][0] ^= 1;
-        let err = audit(&log.key.verifying_key(), &log.entries, &log.heads, &proofs, &[]);
-        assert!(matches!(err, Err(AuditError::Consistency { first: 2, second: 3 })));
+        let err = audit(
+            &log.key.verifying_key(),
+            &log.entries,
+            &log.heads,
+            &proofs,
+            &[],
+        );
+        assert!(matches!(
+            err,
+            Err(AuditError::Consistency {
+                first: 2,
+                second: 3
+            })
+        ));
     }
 
     #[test]

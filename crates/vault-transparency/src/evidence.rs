@@ -193,17 +193,26 @@ fn check_keys(s: &NodeStatement) -> Result<(), EvidenceError> {
             "the attestation key is not generated on the token, sensitive and never extractable",
         ));
     }
-    let keks: Vec<&KeyInfo> = s.key_report.keys.iter().filter(|k| k.role == "kek").collect();
+    let keks: Vec<&KeyInfo> = s
+        .key_report
+        .keys
+        .iter()
+        .filter(|k| k.role == "kek")
+        .collect();
     if keks.is_empty() {
         return Err(node_err(n, "the key report lists no fleet KEK"));
     }
     for k in keks {
+        // A copy received in the ceremony reports CKA_LOCAL and
+        // CKA_ALWAYS_SENSITIVE false (it was unwrapped, not generated);
+        // what every copy must show is that it cannot leave in plaintext
+        // and can be exported only under a key the security officer trusted.
         let export_guarded = k.extractable == Some(false) || k.wrap_with_trusted == Some(true);
-        if k.sensitive != Some(true) || k.always_sensitive != Some(true) || !export_guarded {
+        if k.sensitive != Some(true) || !export_guarded {
             return Err(node_err(
                 n,
                 format!(
-                    "KEK {} is not always sensitive and wrappable only under trusted keys",
+                    "KEK {} is not sensitive and wrappable only under trusted keys",
                     k.label
                 ),
             ));
@@ -212,12 +221,27 @@ fn check_keys(s: &NodeStatement) -> Result<(), EvidenceError> {
     Ok(())
 }
 
+/// Where the fleet KEK came from: the nodes whose copy was generated on
+/// their token and has always been sensitive (normally the founding node;
+/// empty once it has left the fleet).
+pub fn kek_generated_on(findings: &[NodeFinding]) -> Vec<u64> {
+    findings
+        .iter()
+        .filter(|f| {
+            f.statement.key_report.keys.iter().any(|k| {
+                k.role == "kek" && k.local == Some(true) && k.always_sensitive == Some(true)
+            })
+        })
+        .map(|f| f.statement.node_id)
+        .collect()
+}
+
 /// Verifies a deployment's evidence: the bundle (with `pins` at `now`),
 /// every node's signature under the attestation key that the bundle names
 /// for it, the nonce, the key attributes (attestation key generated on the
-/// token and never extractable; KEKs always sensitive and wrappable only
-/// under trusted keys), one KEK across the fleet (equal check values), and
-/// one binary and one fleet file across the fleet.
+/// token and never extractable; KEKs sensitive and wrappable only under
+/// trusted keys), one KEK across the fleet (equal check values), and one
+/// binary and one fleet file across the fleet.
 pub fn verify(
     doc: &EvidenceDocument,
     pins: &Pins,
@@ -244,7 +268,10 @@ pub fn verify(
             .ok_or_else(|| node_err(n, "the bundle names no such node"))?;
         let key_hex = hex::encode(&node.attestation_key);
         if st.attestation_public_key != key_hex {
-            return Err(node_err(n, "its attestation key is not the one in the bundle"));
+            return Err(node_err(
+                n,
+                "its attestation key is not the one in the bundle",
+            ));
         }
         let key = VerifyingKey::from_sec1_bytes(&node.attestation_key)
             .map_err(|_| node_err(n, "the bundle's attestation key is not a P-256 point"))?;
@@ -255,7 +282,10 @@ pub fn verify(
         key.verify(&signed_bytes(&s.statement), &sig)
             .map_err(|_| node_err(n, "the statement's signature does not verify"))?;
         if st.version != 1 {
-            return Err(node_err(n, format!("unknown statement version {}", st.version)));
+            return Err(node_err(
+                n,
+                format!("unknown statement version {}", st.version),
+            ));
         }
         if st.fleet_id != doc.fleet_id || st.nonce != doc.nonce {
             return Err(node_err(n, "the statement names another fleet or nonce"));
@@ -271,7 +301,10 @@ pub fn verify(
     }
     for n in &verified.bundle.nodes {
         if !seen.contains(&n.node_id) {
-            return Err(node_err(n.node_id, "the bundle names it but the evidence has no statement"));
+            return Err(node_err(
+                n.node_id,
+                "the bundle names it but the evidence has no statement",
+            ));
         }
     }
     let distinct = |f: &dyn Fn(&NodeStatement) -> Vec<String>| {
@@ -295,10 +328,14 @@ pub fn verify(
         ));
     }
     if distinct(&|s| vec![s.config_sha256.clone()]) > 1 {
-        return Err(EvidenceError::Disagree("they run different fleet files".into()));
+        return Err(EvidenceError::Disagree(
+            "they run different fleet files".into(),
+        ));
     }
     if distinct(&|s| vec![s.binary_sha256.clone()]) > 1 {
-        return Err(EvidenceError::Disagree("they run different node binaries".into()));
+        return Err(EvidenceError::Disagree(
+            "they run different node binaries".into(),
+        ));
     }
     Ok((verified, findings))
 }

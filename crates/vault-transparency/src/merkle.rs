@@ -182,7 +182,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
+            .collect()
     }
 
     #[test]
@@ -205,7 +207,10 @@ mod tests {
             let r = root(&l);
             for i in 0..n {
                 let p = inclusion_proof(&l, i).expect("in range");
-                assert!(verify_inclusion(&l[i], i as u64, n as u64, &p, &r), "{i}/{n}");
+                assert!(
+                    verify_inclusion(&l[i], i as u64, n as u64, &p, &r),
+                    "{i}/{n}"
+                );
                 let other = leaf_hash(b"other");
                 assert!(!verify_inclusion(&other, i as u64, n as u64, &p, &r));
                 if let Some(first) = p.first() {
@@ -228,12 +233,18 @@ mod tests {
             for m in 1..=n {
                 let rm = root(&l[..m]);
                 let p = consistency_proof(&l, m).expect("in range");
-                assert!(verify_consistency(m as u64, n as u64, &rm, &rn, &p), "{m}->{n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &rm, &rn, &p),
+                    "{m}->{n}"
+                );
                 // A fork: the same size with another last leaf.
                 let mut forked = l[..m].to_vec();
                 forked[m - 1] = leaf_hash(b"fork");
                 let rf = root(&forked);
-                assert!(!verify_consistency(m as u64, n as u64, &rf, &rn, &p), "{m}->{n}");
+                assert!(
+                    !verify_consistency(m as u64, n as u64, &rf, &rn, &p),
+                    "{m}->{n}"
+                );
             }
         }
     }

@@ -17,11 +17,11 @@ use ed25519_dalek::{Signature as EdSignature, VerifyingKey as EdKey};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature as EcSignature, VerifyingKey as EcKey};
 
+use crate::Hash;
 use crate::bundle::{self, Bundle};
 use crate::codec::{Reader, Writer};
 use crate::head::TreeHead;
 use crate::merkle;
-use crate::Hash;
 
 /// The magic that opens a signed bundle.
 pub const MAGIC: &[u8; 17] = b"BKV-SIGNED-BUNDLE";
@@ -297,8 +297,7 @@ impl Pins {
         ) {
             return Err(BundleError::InclusionProof);
         }
-        let bundle =
-            Bundle::parse(&s.bundle).map_err(|e| BundleError::Malformed(e.0))?;
+        let bundle = Bundle::parse(&s.bundle).map_err(|e| BundleError::Malformed(e.0))?;
         if bundle.fleet_id != fleet_id {
             return Err(BundleError::WrongFleet {
                 expected: fleet_id.to_owned(),

@@ -45,7 +45,12 @@ impl Fixture {
             witness_signature,
             operator_signature: op.to_bytes().to_vec(),
             log_index: (size - 1) as u64,
-            tree_head: TreeHead::sign(&self.witness, size as u64, 1_800_000_000_000, merkle::root(&self.leaves)),
+            tree_head: TreeHead::sign(
+                &self.witness,
+                size as u64,
+                1_800_000_000_000,
+                merkle::root(&self.leaves),
+            ),
             inclusion_proof: merkle::inclusion_proof(&self.leaves, size - 1).expect("proof"),
             bundle: bytes,
         }
@@ -137,10 +142,16 @@ fn each_part_names_its_check() {
     assert_eq!(check(&s), Err(BundleError::OperatorSignature));
     // Witness signature by another witness key.
     let mut s = good.clone();
-    s.witness_signature = EdSigning::from_bytes(&[1; 32]).sign(&s.bundle).to_bytes().to_vec();
+    s.witness_signature = EdSigning::from_bytes(&[1; 32])
+        .sign(&s.bundle)
+        .to_bytes()
+        .to_vec();
     assert_eq!(check(&s), Err(BundleError::WitnessSignature));
 
-    assert_eq!(pins.verify(&[], "local-3", NOW, 0), Err(BundleError::Missing));
+    assert_eq!(
+        pins.verify(&[], "local-3", NOW, 0),
+        Err(BundleError::Missing)
+    );
 }
 
 #[test]
@@ -167,5 +178,6 @@ fn window_fleet_and_epoch_are_enforced() {
         pins.verify(&s1, "local-3", NOW, 2),
         Err(BundleError::EpochRollback { seen: 2, got: 1 })
     );
-    pins.verify(&s1, "local-3", NOW, 1).expect("same epoch again");
+    pins.verify(&s1, "local-3", NOW, 1)
+        .expect("same epoch again");
 }

@@ -39,7 +39,9 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// The file is damaged before its last record.
-    #[error("{path}: damaged record at byte {offset} with data after it; refusing to open (restore the log from a copy)")]
+    #[error(
+        "{path}: damaged record at byte {offset} with data after it; refusing to open (restore the log from a copy)"
+    )]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -169,7 +171,9 @@ impl WitnessLog {
             file.write_all(MAGIC).map_err(io(path))?;
             file.sync_all().map_err(io(path))?;
             if created && let Some(dir) = path.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io(path))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(path))?;
             }
             bytes.extend_from_slice(MAGIC);
         }
@@ -264,13 +268,18 @@ impl WitnessLog {
 
     fn remember(&mut self, bytes: Vec<u8>, ts: u64) {
         if let Ok(b) = Bundle::parse(&bytes) {
-            self.fleets.insert(b.fleet_id, (b.epoch, bundle::digest(&bytes)));
+            self.fleets
+                .insert(b.fleet_id, (b.epoch, bundle::digest(&bytes)));
         }
         self.leaves.push(merkle::leaf_hash(&bytes));
         self.entries.push(bytes);
         let size = self.leaves.len() as u64;
-        self.heads
-            .push(TreeHead::sign(&self.key, size, ts, merkle::root(&self.leaves)));
+        self.heads.push(TreeHead::sign(
+            &self.key,
+            size,
+            ts,
+            merkle::root(&self.leaves),
+        ));
     }
 
     /// Appends `bytes` (durably) and signs it; a resubmission of a logged
@@ -370,7 +379,11 @@ impl WitnessLog {
 }
 
 enum Record<'a> {
-    Ok { ts: u64, bundle: &'a [u8], next: usize },
+    Ok {
+        ts: u64,
+        bundle: &'a [u8],
+        next: usize,
+    },
     Torn,
     Damaged,
 }

@@ -61,10 +61,26 @@ fn appends_survive_reopen_and_proofs_check() {
         log.heads().to_vec()
     };
     let (log, report) = WitnessLog::open(&path, key()).expect("reopen");
-    assert_eq!(report, OpenReport { entries: 5, torn_bytes: 0 });
-    assert_eq!(log.heads(), heads.as_slice(), "heads re-derive byte for byte");
+    assert_eq!(
+        report,
+        OpenReport {
+            entries: 5,
+            torn_bytes: 0
+        }
+    );
+    assert_eq!(
+        log.heads(),
+        heads.as_slice(),
+        "heads re-derive byte for byte"
+    );
     let p = log.consistency_proof(2, 5).expect("proof");
-    assert!(merkle::verify_consistency(2, 5, &heads[1].root, &heads[4].root, &p));
+    assert!(merkle::verify_consistency(
+        2,
+        5,
+        &heads[1].root,
+        &heads[4].root,
+        &p
+    ));
 }
 
 #[test]
@@ -93,7 +109,11 @@ fn rules_refuse_rollback_equivocation_and_broken_chains() {
     old.not_after = 3;
     assert!(matches!(
         log.append(&old.encode().expect("encode"), 5),
-        Err(SubmitError::EpochNotIncreasing { last: 2, got: 1, .. })
+        Err(SubmitError::EpochNotIncreasing {
+            last: 2,
+            got: 1,
+            ..
+        })
     ));
     let mut skip = Bundle::parse(&b[2]).expect("parse");
     skip.previous_digest = [7; 32];
@@ -101,7 +121,10 @@ fn rules_refuse_rollback_equivocation_and_broken_chains() {
         log.append(&skip.encode().expect("encode"), 6),
         Err(SubmitError::BrokenChain { last: 2, .. })
     ));
-    assert!(matches!(log.append(b"junk", 7), Err(SubmitError::Malformed(_))));
+    assert!(matches!(
+        log.append(b"junk", 7),
+        Err(SubmitError::Malformed(_))
+    ));
     assert_eq!(log.size(), 2);
 }
 
@@ -118,10 +141,17 @@ fn a_torn_tail_is_cut_and_damage_refuses() {
     let good_len = std::fs::metadata(&path).expect("stat").len();
     // A torn third record: header and half the payload.
     let mut f = OpenOptions::new().append(true).open(&path).expect("open");
-    f.write_all(&[0, 0, 2, 0, 1, 2, 3, 4, 9, 9, 9]).expect("write");
+    f.write_all(&[0, 0, 2, 0, 1, 2, 3, 4, 9, 9, 9])
+        .expect("write");
     drop(f);
     let (mut log, report) = WitnessLog::open(&path, key()).expect("reopen");
-    assert_eq!(report, OpenReport { entries: 2, torn_bytes: 11 });
+    assert_eq!(
+        report,
+        OpenReport {
+            entries: 2,
+            torn_bytes: 11
+        }
+    );
     assert_eq!(std::fs::metadata(&path).expect("stat").len(), good_len);
     log.append(&b[2], 3).expect("append after repair");
     drop(log);
@@ -130,5 +160,8 @@ fn a_torn_tail_is_cut_and_damage_refuses() {
     bytes[16 + 8 + 20] ^= 1;
     std::fs::write(&path, &bytes).expect("write");
     let err = WitnessLog::open(&path, key()).expect_err("damaged");
-    assert!(matches!(err, OpenError::Damaged { offset: 16, .. }), "{err}");
+    assert!(
+        matches!(err, OpenError::Damaged { offset: 16, .. }),
+        "{err}"
+    );
 }

@@ -57,8 +57,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -73,7 +72,10 @@ fn main() -> ExitCode {
     }
 }
 
-#[expect(clippy::print_stdout, reason = "the public key is the command's output")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the public key is the command's output"
+)]
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Init { dir } => {
@@ -121,9 +123,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
                 tokio::spawn(async move {
                     use tokio::signal::unix::{SignalKind, signal};
-                    if let (Ok(mut term), Ok(mut int)) =
-                        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                    {
+                    if let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) {
                         tokio::select! {
                             _ = term.recv() => {}
                             _ = int.recv() => {}

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use vault_proto::v1::witness_server::{Witness, WitnessServer};
 use vault_proto::v1::{
     Entries, GetConsistencyProofRequest, GetEntriesRequest, GetInclusionProofRequest,
-    GetPublicKeyRequest, GetTreeHeadRequest, GetTreeHeadsRequest, Proof, PublicKey,
-    SubmitReply, SubmitRequest, TreeHead as PbHead, TreeHeads,
+    GetPublicKeyRequest, GetTreeHeadRequest, GetTreeHeadsRequest, Proof, PublicKey, SubmitReply,
+    SubmitRequest, TreeHead as PbHead, TreeHeads,
 };
 use vault_raft::peer::Gatekeeper;
 use vault_transparency::head::TreeHead;
@@ -190,7 +190,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
     let config = ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(
             read(&tls.cert)?,

@@ -15,6 +15,8 @@ use crate::report::KeyAttributes;
 /// Object labels. The vault finds every key by label, never by handle or slot.
 pub(crate) const KEK_LABEL_PREFIX: &str = "bkv-kek-v";
 pub(crate) const ATTESTATION_LABEL: &str = "bkv-attestation";
+/// The operator's bundle-signing key pair (on an operator token only).
+pub(crate) const OPERATOR_LABEL: &str = "bkv-operator";
 pub(crate) const TRANSPORT_LABEL: &str = "bkv-transport";
 pub(crate) const PEER_TRANSPORT_LABEL: &str = "bkv-transport-peer";
 
@@ -214,6 +216,7 @@ pub(crate) fn describe_all(session: &Session) -> Result<Vec<KeyAttributes>, Devi
     for (label, role) in [
         (ATTESTATION_LABEL, "attestation"),
         (TRANSPORT_LABEL, "transport"),
+        (OPERATOR_LABEL, "operator"),
     ] {
         if let Some(handle) = find_one(session, ObjectClass::PRIVATE_KEY, label)? {
             keys.push(describe(session, handle, role)?);
