@@ -141,6 +141,17 @@ impl Template {
                     .arg(root.join(format!("secrets/node-{n}.user.pin"))))?;
             }
         }
+        // The operator's token: the key that counter-signs bundles.
+        for kind in ["so", "user"] {
+            write_pin(&root.join(format!("secrets/operator.{kind}.pin")))?;
+        }
+        run(Command::new(&bins.vaultctl)
+            .args(["hsm", "init", "--operator", "--softhsm-dir"])
+            .arg(root.join("hsm/operator"))
+            .args(["--label", "operator", "--so-pin-file"])
+            .arg(root.join("secrets/operator.so.pin"))
+            .arg("--user-pin-file")
+            .arg(root.join("secrets/operator.user.pin")))?;
         let template = Template { dir, nodes, bins };
         let config = template.write_config(
             root,
@@ -256,6 +267,8 @@ pub struct TestFleet {
     fleet: vault_raft::config::Fleet,
     running: BTreeMap<u64, Node>,
     starts: BTreeMap<u64, u32>,
+    witness: Option<crate::witness::TestWitness>,
+    witness_port: Option<u16>,
 }
 
 impl TestFleet {
@@ -273,10 +286,13 @@ impl TestFleet {
             .arg("-a")
             .arg(format!("{}/.", template.dir.path().display()))
             .arg(dir.path()))?;
-        for n in 1..=template.nodes {
+        let token_dirs = (1..=template.nodes)
+            .map(|n| format!("hsm/node-{n}"))
+            .chain(["hsm/operator".to_owned()]);
+        for token_dir in token_dirs {
             // softhsm2.conf names its token dir by absolute path: point the
             // copy at its own tokens.
-            let root = dir.path().join(format!("hsm/node-{n}"));
+            let root = dir.path().join(token_dir);
             std::fs::remove_file(root.join("softhsm2.conf"))?;
             vault_hsm::softhsm::SoftHsmDir::create(&root)?;
         }
@@ -290,6 +306,8 @@ impl TestFleet {
             fleet,
             running: BTreeMap::new(),
             starts: BTreeMap::new(),
+            witness: None,
+            witness_port: None,
         })
     }
 
@@ -473,7 +491,86 @@ impl TestFleet {
             .env("BKV_FLEET_DIR", self.dir.path())
             .env("BKV_FRONTEND", "test")
             .env("BKV_KSF", "fast");
+        if let Some(port) = self.witness_port {
+            cmd.env("BKV_WITNESS", format!("127.0.0.1:{port}"));
+        }
         cmd
+    }
+
+    /// Starts the fleet's witness (first call: creates its key and TLS
+    /// material in `<dir>/witness` and writes `<dir>/pins.json` with the
+    /// witness and operator public keys). Later calls restart it on the
+    /// same port with the same log. `vaultctl` commands then use it.
+    pub fn start_witness(&mut self) -> anyhow::Result<()> {
+        if self.witness.is_some() {
+            bail!("the witness is already running");
+        }
+        let dir = self.dir.path().join("witness");
+        let first = self.witness_port.is_none();
+        if first {
+            let out = run(Command::new(&self.bins.vault_witness)
+                .args(["init", "--dir"])
+                .arg(&dir))?;
+            let witness_key = String::from_utf8(out.stdout)?.trim().to_owned();
+            let operator_key = self
+                .vaultctl_ok(&[
+                    "hsm",
+                    "operator-key",
+                    "--softhsm-dir",
+                    &self.dir.path().join("hsm/operator").to_string_lossy(),
+                    "--label",
+                    "operator",
+                    "--user-pin-file",
+                    &self
+                        .dir
+                        .path()
+                        .join("secrets/operator.user.pin")
+                        .to_string_lossy(),
+                ])?
+                .trim()
+                .to_owned();
+            std::fs::write(
+                self.dir.path().join("pins.json"),
+                serde_json::json!({"witness_key": witness_key, "operator_key": operator_key})
+                    .to_string(),
+            )?;
+            self.witness_port = Some(free_ports(1)?[0]);
+        }
+        let port = self.witness_port.context("witness port")?;
+        self.witness = Some(crate::witness::TestWitness::start(
+            &self.bins.vault_witness,
+            &dir,
+            port,
+            &self.fleet.tls.fleet_ca,
+            &self.dir.path().join("witness.log"),
+        )?);
+        Ok(())
+    }
+
+    /// Kills the witness with SIGKILL (no clean shutdown).
+    pub fn kill_witness(&mut self) -> anyhow::Result<()> {
+        let mut w = self.witness.take().context("no witness is running")?;
+        w.kill()
+    }
+
+    /// The witness's address, once started.
+    pub fn witness_addr(&self) -> Option<String> {
+        self.witness_port.map(|p| format!("127.0.0.1:{p}"))
+    }
+
+    /// The pinned keys in `<dir>/pins.json` (after [`TestFleet::start_witness`]).
+    pub fn pins(&self) -> anyhow::Result<vault_client::Pins> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.path().join("pins.json"))?)?;
+        Ok(vault_client::Pins::from_hex(
+            v["witness_key"].as_str().context("witness_key")?,
+            v["operator_key"].as_str().context("operator_key")?,
+        )?)
+    }
+
+    /// `vaultctl fleet publish-keys` with the fleet's operator token.
+    pub fn publish_keys(&self) -> anyhow::Result<String> {
+        self.vaultctl_ok(&["fleet", "publish-keys"])
     }
 
     /// Runs `vaultctl <args>` against this fleet.
@@ -644,6 +741,9 @@ impl TestFleet {
 
 impl Drop for TestFleet {
     fn drop(&mut self) {
+        if let Some(mut w) = self.witness.take() {
+            let _ = w.kill();
+        }
         for (_, mut node) in std::mem::take(&mut self.running) {
             let _ = node.child.kill();
             let _ = node.child.wait();

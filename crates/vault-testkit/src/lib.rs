@@ -21,6 +21,7 @@ pub mod client;
 mod fleet;
 mod process;
 pub mod proxy;
+pub mod witness;
 
 /// A fleet test: gets the shared template, fails with an error.
 pub type FleetTest = fn(&Template) -> anyhow::Result<()>;

@@ -13,6 +13,8 @@ pub struct Bins {
     pub vault_node: PathBuf,
     /// `vaultctl`.
     pub vaultctl: PathBuf,
+    /// `vault-witness`.
+    pub vault_witness: PathBuf,
 }
 
 impl Bins {
@@ -32,8 +34,9 @@ impl Bins {
         let bins = Bins {
             vault_node: profile_dir.join("vault-node"),
             vaultctl: profile_dir.join("vaultctl"),
+            vault_witness: profile_dir.join("vault-witness"),
         };
-        for bin in [&bins.vault_node, &bins.vaultctl] {
+        for bin in [&bins.vault_node, &bins.vaultctl, &bins.vault_witness] {
             check_fresh(bin, "cargo build --workspace --all-targets")?;
         }
         Ok(bins)
@@ -51,6 +54,7 @@ impl Bins {
         Ok(Bins {
             vault_node: node,
             vaultctl: self.vaultctl.clone(),
+            vault_witness: self.vault_witness.clone(),
         })
     }
 }
