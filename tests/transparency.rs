@@ -74,7 +74,10 @@ fn published(template: &Template) -> anyhow::Result<TestFleet> {
 }
 
 fn pinned(fleet: &TestFleet, store: Option<std::path::PathBuf>) -> anyhow::Result<Trust> {
-    Ok(Trust::Pinned(PinnedTrust::new(fleet.pins()?, store)?))
+    Ok(Trust::Pinned(Box::new(PinnedTrust::new(
+        fleet.pins()?,
+        store,
+    )?)))
 }
 
 fn exit_code(out: &std::process::Output) -> i32 {

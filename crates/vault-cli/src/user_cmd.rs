@@ -63,10 +63,8 @@ pub fn read_pins(path: &Path) -> anyhow::Result<vault_client::Pins> {
         std::fs::read_to_string(path).with_context(|| format!("read pins {}", path.display()))?;
     let file: PinsFile =
         serde_json::from_str(&text).with_context(|| format!("parse pins {}", path.display()))?;
-    Ok(
-        vault_client::Pins::from_hex(&file.witness_key, &file.operator_key)
-            .with_context(|| format!("pins {}", path.display()))?,
-    )
+    vault_client::Pins::from_hex(&file.witness_key, &file.operator_key)
+        .with_context(|| format!("pins {}", path.display()))
 }
 
 /// Argon2id profiles.
@@ -117,7 +115,7 @@ impl FleetChoice {
         let trust = match pins {
             Some(path) => {
                 let store = path.with_file_name("seen-epochs.json");
-                Trust::Pinned(PinnedTrust::new(read_pins(&path)?, Some(store))?)
+                Trust::Pinned(Box::new(PinnedTrust::new(read_pins(&path)?, Some(store))?))
             }
             None => {
                 eprintln!(

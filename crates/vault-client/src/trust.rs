@@ -24,7 +24,7 @@ use crate::ClientError;
 #[derive(Debug)]
 pub enum Trust {
     /// The pinned witness and operator keys (what an app uses).
-    Pinned(PinnedTrust),
+    Pinned(Box<PinnedTrust>),
     /// Whatever keys a node with a fleet certificate hands out. Only for
     /// operator tools and tests on a fleet without a witness: a party that
     /// holds the fleet CA could hand out other keys.

@@ -395,7 +395,7 @@ fn record_at(bytes: &[u8], at: usize) -> Record<'_> {
     }
     let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
     let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len < 8 || len > MAX_BUNDLE + 8 {
+    if !(8..=MAX_BUNDLE + 8).contains(&len) {
         // A length the witness never writes: a torn append leaves zeros
         // (file extended, data not yet written); anything else is damage.
         return if rest.iter().all(|&b| b == 0) {
