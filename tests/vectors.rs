@@ -203,3 +203,108 @@ fn backup_file_vector() {
     vault_client::backup::decrypt(&k, &h(&v, "file")[..], &mut back).expect("decrypt");
     assert_eq!(back, plaintext);
 }
+
+/// `short`: a u16be length, then the bytes (docs/PROTOCOL.md section 11).
+fn short(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend((b.len() as u16).to_be_bytes());
+    out.extend(b);
+}
+
+/// A fleet-key bundle, encoded by hand from section 11.
+fn bundle_by_hand(epoch: u64, previous: [u8; 32]) -> Vec<u8> {
+    let mut b = b"BKV-FLEET-BUNDLE".to_vec();
+    b.push(1);
+    short(&mut b, b"example-fleet");
+    b.extend(epoch.to_be_bytes());
+    b.extend(1_800_000_000u64.to_be_bytes());
+    b.extend(1_900_000_000u64.to_be_bytes());
+    short(&mut b, &[0x11; 32]);
+    short(&mut b, &[0x22; 32]);
+    b.extend(previous);
+    b.extend(2u16.to_be_bytes());
+    for (id, dc) in [(1u64, "dc-a"), (2, "dc-b")] {
+        b.extend(id.to_be_bytes());
+        short(&mut b, dc.as_bytes());
+        let mut key = vec![0x04];
+        key.extend([id as u8; 64]);
+        short(&mut b, &key);
+    }
+    b
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+#[test]
+fn fleet_bundle_vector() {
+    use ed25519_dalek::Signer as _;
+
+    let witness = ed25519_dalek::SigningKey::from_bytes(&[0x57; 32]);
+    let operator = p256::ecdsa::SigningKey::from_slice(&[0x0f; 32]).expect("key");
+    let b1 = bundle_by_hand(1, [0; 32]);
+    let b2 = bundle_by_hand(2, sha256(&[&b1]));
+    // The witness log holds b1 and b2; b2 is leaf 1 of a tree of size 2.
+    let (l1, l2) = (sha256(&[&[0], &b1]), sha256(&[&[0], &b2]));
+    let root = sha256(&[&[1], &l1, &l2]);
+    let witness_sig = witness.sign(&b2).to_bytes().to_vec();
+    let mut countersigned = sha256(&[&b2]).to_vec();
+    countersigned.extend(&witness_sig);
+    let operator_sig: p256::ecdsa::Signature = operator.sign(&countersigned);
+    let timestamp_ms = 1_800_000_123_456u64;
+    let mut sth = b"BKV-WITNESS-STH-v1".to_vec();
+    sth.extend(2u64.to_be_bytes());
+    sth.extend(timestamp_ms.to_be_bytes());
+    sth.extend(root);
+    let sth_sig = witness.sign(&sth).to_bytes().to_vec();
+    let mut signed = b"BKV-SIGNED-BUNDLE".to_vec();
+    signed.push(1);
+    signed.extend((b2.len() as u32).to_be_bytes());
+    signed.extend(&b2);
+    short(&mut signed, &witness_sig);
+    short(&mut signed, &operator_sig.to_bytes());
+    signed.extend(1u64.to_be_bytes());
+    signed.extend(2u64.to_be_bytes());
+    signed.extend(timestamp_ms.to_be_bytes());
+    signed.extend(root);
+    short(&mut signed, &sth_sig);
+    signed.extend(1u16.to_be_bytes());
+    signed.extend(l1);
+
+    let v = check(
+        "fleet-bundle-v1.json",
+        &json!({
+            "construction": "fleet-key bundle v1 and its signed container, docs/PROTOCOL.md section 11",
+            "witness_ed25519_seed": hex::encode([0x57; 32]),
+            "witness_public_key": hex::encode(witness.verifying_key().as_bytes()),
+            "operator_p256_secret": hex::encode([0x0f; 32]),
+            "operator_public_key": hex::encode(operator.verifying_key().to_encoded_point(false).as_bytes()),
+            "bundle_epoch_1": hex::encode(&b1),
+            "bundle_epoch_2": hex::encode(&b2),
+            "bundle_epoch_2_digest": hex::encode(sha256(&[&b2])),
+            "tree_root_size_2": hex::encode(root),
+            "signed_bundle_epoch_2": hex::encode(&signed),
+        }),
+    );
+
+    // The library agrees byte for byte, and accepts it.
+    let parsed = vault_transparency::Bundle::parse(&b2).expect("parse");
+    assert_eq!(parsed.encode().expect("encode"), b2);
+    let container = vault_transparency::SignedBundle::parse(&signed).expect("container");
+    assert_eq!(container.encode(), signed);
+    let pins = vault_transparency::Pins::from_hex(
+        v["witness_public_key"].as_str().expect("key"),
+        v["operator_public_key"].as_str().expect("key"),
+    )
+    .expect("pins");
+    let ok = pins
+        .verify(&signed, "example-fleet", 1_850_000_000, 2)
+        .expect("verifies");
+    assert_eq!(ok.bundle.epoch, 2);
+    assert_eq!(ok.digest.to_vec(), h(&v, "bundle_epoch_2_digest"));
+}
