@@ -153,6 +153,22 @@ fn published_keys_verify_rotate_and_the_audit_and_evidence_pass(template: &Templ
         doc["nodes"][1]["statement"] = serde_json::Value::String(lied);
         let forged = fleet.dir().join("forged.json");
         std::fs::write(&forged, doc.to_string())?;
+        // No secret of the witness or the operator token in what the
+        // processes wrote: logs, the evidence, the pins.
+        let witness_seed = std::fs::read_to_string(fleet.dir().join("witness/witness.key"))?;
+        let operator_pin = std::fs::read_to_string(fleet.dir().join("secrets/operator.user.pin"))?;
+        for file in ["witness.log", "evidence.json", "pins.json", "node-1.log"] {
+            let text = std::fs::read_to_string(fleet.dir().join(file)).unwrap_or_default();
+            ensure!(!text.is_empty(), "{file} is empty");
+            ensure!(
+                !text.contains(witness_seed.trim()),
+                "{file} holds the witness key"
+            );
+            ensure!(
+                !text.contains(operator_pin.trim()),
+                "{file} holds the operator PIN"
+            );
+        }
         let out = fleet.vaultctl(&["audit", "--evidence", &forged.to_string_lossy()])?;
         ensure!(exit_code(&out) == 1, "forged evidence passed: {out:?}");
         ensure!(
