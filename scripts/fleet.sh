@@ -100,14 +100,16 @@ provision_operator() {
   mv "$FLEET_DIR/pins.json.tmp" "$FLEET_DIR/pins.json"
 }
 
-witness_pid() {
-  local f="$FLEET_DIR/witness.pid"
-  [ -f "$f" ] || return 1
+# The pid in pid file $1 if that process runs program $2 (pids get reused).
+pid_from() {
+  [ -f "$1" ] || return 1
   local pid
-  pid=$(cat "$f")
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q vault-witness || return 1
+  pid=$(cat "$1")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "$2" || return 1
   echo "$pid"
 }
+
+witness_pid() { pid_from "$FLEET_DIR/witness.pid" vault-witness; }
 
 start_witness() {
   if pid=$(witness_pid); then
@@ -120,15 +122,7 @@ start_witness() {
   bkv_log "witness: started (pid $!, $WITNESS_ADDR, log $FLEET_DIR/witness.log)"
 }
 
-pid_of() {
-  local f="$FLEET_DIR/node-$1.pid"
-  [ -f "$f" ] || return 1
-  local pid
-  pid=$(cat "$f")
-  # Only a vault-node process counts (pids get reused).
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q vault-node || return 1
-  echo "$pid"
-}
+pid_of() { pid_from "$FLEET_DIR/node-$1.pid" vault-node; }
 
 down() {
   local pids=()

@@ -203,6 +203,23 @@ struct Impostor {
     finishes: Arc<AtomicU32>,
 }
 
+impl Impostor {
+    /// An impostor with its own OPAQUE server setup and HPKE key.
+    fn new(genuine: &FleetKeys, old_bundle: &[u8], lie: Lie) -> anyhow::Result<Impostor> {
+        Ok(Impostor {
+            secrets: FleetSecrets::new(
+                FleetId::new("test")?,
+                &vault_core::opaque::new_server_setup([9; 32]),
+                &new_hpke_key([8; 32]),
+            )?,
+            genuine: genuine.clone(),
+            old_bundle: old_bundle.to_vec(),
+            lie,
+            finishes: Arc::new(AtomicU32::new(0)),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Frontend for Impostor {
     async fn register_start(
@@ -349,18 +366,8 @@ fn an_impostor_node_gets_nothing_secret_from_a_pinned_client(template: &Template
             (Lie::NoBundle, BundleError::Missing),
         ];
         for (lie, expected) in cases {
-            let finishes = Arc::new(AtomicU32::new(0));
-            let impostor = Impostor {
-                secrets: FleetSecrets::new(
-                    FleetId::new("test")?,
-                    &vault_core::opaque::new_server_setup([9; 32]),
-                    &new_hpke_key([8; 32]),
-                )?,
-                genuine: genuine.clone(),
-                old_bundle: old_bundle.signed_bundle.clone(),
-                lie,
-                finishes: finishes.clone(),
-            };
+            let impostor = Impostor::new(&genuine, &old_bundle.signed_bundle, lie)?;
+            let finishes = impostor.finishes.clone();
             let err = rt.block_on(async {
                 let (addr, stop) = serve_impostor(&fleet, impostor).await?;
                 let c = impostor_client(&fleet, addr, pinned(&fleet, Some(store.clone()))?)?;
@@ -380,18 +387,8 @@ fn an_impostor_node_gets_nothing_secret_from_a_pinned_client(template: &Template
 
         // Without pins, the consistent lie goes through: the check is what
         // stops it.
-        let finishes = Arc::new(AtomicU32::new(0));
-        let impostor = Impostor {
-            secrets: FleetSecrets::new(
-                FleetId::new("test")?,
-                &vault_core::opaque::new_server_setup([9; 32]),
-                &new_hpke_key([8; 32]),
-            )?,
-            genuine,
-            old_bundle: Vec::new(),
-            lie: Lie::OwnKeys,
-            finishes: finishes.clone(),
-        };
+        let impostor = Impostor::new(&genuine, &[], Lie::OwnKeys)?;
+        let finishes = impostor.finishes.clone();
         rt.block_on(async {
             let (addr, stop) = serve_impostor(&fleet, impostor).await?;
             let c = impostor_client(&fleet, addr, Trust::FleetCertificateOnly)?;

@@ -24,6 +24,8 @@ use vault_transparency::evidence::{
 use vault_transparency::head::TreeHead;
 use vault_transparency::{Bundle, Hash, NodeKey, Pins, SignedBundle, bundle, merkle};
 
+use vault_witness::service::from_pb;
+
 use crate::cluster_cmd::{Admin, FleetArgs, code_name};
 use crate::user_cmd::read_pins;
 
@@ -172,20 +174,7 @@ fn now_secs() -> u64 {
 
 fn head_from_pb(h: Option<PbHead>) -> anyhow::Result<TreeHead> {
     let h = h.ok_or_else(|| anyhow!("the witness answered without a tree head"))?;
-    vault_witness_head(&h)
-}
-
-fn vault_witness_head(h: &PbHead) -> anyhow::Result<TreeHead> {
-    Ok(TreeHead {
-        tree_size: h.tree_size,
-        timestamp_ms: h.timestamp_ms,
-        root: h
-            .root_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("a tree head root is not 32 bytes"))?,
-        signature: h.signature.clone(),
-    })
+    from_pb(&h).map_err(anyhow::Error::msg)
 }
 
 fn hashes(v: Vec<Vec<u8>>) -> anyhow::Result<Vec<Hash>> {
@@ -559,7 +548,7 @@ async fn audit_cmd(a: AuditArgs) -> anyhow::Result<ExitCode> {
         .into_inner()
         .heads
         .iter()
-        .map(vault_witness_head)
+        .map(|h| from_pb(h).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
     let size = heads.iter().map(|h| h.tree_size).max().unwrap_or(0);
     let mut entries = Vec::new();

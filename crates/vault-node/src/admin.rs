@@ -166,14 +166,29 @@ impl AdminService {
             sealed_hpke_key: SealedBytes(sealed_hpke_key),
             max_attempts_cap: self.fleet.max_attempts_cap,
         };
-        let id = RequestId(rand::random());
+        let digest = [b"init-fleet", self.fleet.fleet_id.as_str().as_bytes()];
+        match self.commit(&digest, command).await? {
+            Ok(()) => {
+                tracing::info!(fleet = %self.fleet.fleet_id.as_str(), "fleet initialized");
+                Ok(())
+            }
+            Err(CommandError::FleetAlreadyInitialized) => Ok(()),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
+    /// Commits an operator command under a fresh request id whose digest is
+    /// made of `digest`; the outer error is the proposal failing, the inner
+    /// one the state machine refusing the command.
+    async fn commit(
+        &self,
+        digest: &[&[u8]],
+        command: Command,
+    ) -> Result<Result<(), CommandError>, Status> {
         let proposal = Proposal {
             request: Some(RequestMeta {
-                id,
-                digest: RequestDigest::of(&[
-                    b"init-fleet",
-                    self.fleet.fleet_id.as_str().as_bytes(),
-                ]),
+                id: RequestId(rand::random()),
+                digest: RequestDigest::of(digest),
             }),
             at: now(),
             command,
@@ -184,13 +199,8 @@ impl AdminService {
             .await
             .map_err(propose_status)?
         {
-            Reply::Vault(Ok(_)) => {
-                tracing::info!(fleet = %self.fleet.fleet_id.as_str(), "fleet initialized");
-                Ok(())
-            }
-            Reply::Vault(Err(CommandError::FleetAlreadyInitialized)) => Ok(()),
-            Reply::Vault(Err(e)) => Err(Status::failed_precondition(e.to_string())),
-            Reply::Raft => Err(Status::internal("InitFleet got a Raft reply")),
+            Reply::Vault(r) => Ok(r.map(drop)),
+            Reply::Raft => Err(Status::internal("an operator command got a Raft reply")),
         }
     }
 }
@@ -396,29 +406,17 @@ impl Admin for AdminService {
         let signed = req.into_inner().signed_bundle;
         let keys = self.frontend.public_keys().await?;
         let epoch = crate::transparency::check_bundle(&signed, &keys)?;
-        let proposal = Proposal {
-            request: Some(RequestMeta {
-                id: RequestId(rand::random()),
-                digest: RequestDigest::of(&[b"set-bundle", &signed]),
-            }),
-            at: now(),
-            command: Command::SetBundle {
-                bundle: signed,
-                epoch,
-            },
+        let digest = [b"set-bundle".as_slice(), &signed];
+        let command = Command::SetBundle {
+            bundle: signed.clone(),
+            epoch,
         };
-        match self
-            .proposer
-            .propose(proposal)
-            .await
-            .map_err(propose_status)?
-        {
-            Reply::Vault(Ok(_)) => {
+        match self.commit(&digest, command).await? {
+            Ok(()) => {
                 tracing::info!(epoch, "fleet-key bundle installed");
                 Ok(Response::new(SetBundleReply { epoch }))
             }
-            Reply::Vault(Err(e)) => Err(Status::failed_precondition(e.to_string())),
-            Reply::Raft => Err(Status::internal("SetBundle got a Raft reply")),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
     }
 
