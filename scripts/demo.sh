@@ -5,7 +5,8 @@
 #   register a demo user (3 attempts), encrypt a sample backup with its key K,
 #   recover K and decrypt the backup, count wrong passwords down, SIGKILL the
 #   leader and recover again, then use up the attempts and show that the key
-#   is gone. The killed node is restarted at the end.
+#   is gone. The killed node is restarted at the end, and the fleet's keys
+#   are audited: the witness log and deployment evidence (vaultctl audit).
 #
 #   ./scripts/demo.sh     (FLEET_DIR as for fleet.sh; default .fleet)
 #
@@ -74,3 +75,7 @@ echo "the key is gone: the backup can no longer be decrypted by anyone"
 step "restart node $LEADER"
 ./scripts/fleet.sh start >/dev/null
 "$V" cluster status
+
+step "audit the fleet's keys: the witness log, every epoch, and deployment evidence"
+"$V" fleet evidence --out "$WORK/evidence.json" >/dev/null
+"$V" audit --evidence "$WORK/evidence.json"

@@ -119,6 +119,23 @@ pub enum ClusterCommand {
         /// The node id.
         node_id: u64,
     },
+    /// Benchmarks' bulk path: add USERS synthetic users (`preload-<n>`,
+    /// synthetic sealed records of a real record's size, not recoverable)
+    /// through the log, BATCH per entry, to size a fleet like a real one.
+    /// Existing users are left alone, so it can be resumed.
+    Preload {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// How many users.
+        #[arg(long)]
+        users: u64,
+        /// The first number (users preload-FIRST …).
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Users per log entry (1..=10000).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+    },
     /// Build a snapshot on a node and purge the log it covers.
     Snapshot {
         #[command(flatten)]
@@ -272,6 +289,46 @@ impl Admin {
         }
         Err(last.unwrap_or_else(|| anyhow!("no leader")))
     }
+}
+
+#[expect(clippy::print_stdout, reason = "the command's result")]
+fn emit_line(line: &str) {
+    println!("{line}");
+}
+
+async fn preload(admin: &Admin, first: u64, users: u64, batch: u32) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let (mut done, mut added) = (0u64, 0u64);
+    while done < users {
+        let count = (users - done).min(u64::from(batch)) as u32;
+        let req = vault_proto::v1::PreloadRequest {
+            first: first + done,
+            count,
+        };
+        let r = admin
+            .on_leader(|mut c| {
+                let req = req.clone();
+                async move { c.preload(req).await }
+            })
+            .await?;
+        done += u64::from(count);
+        added += u64::from(r.added);
+        if last_report.elapsed() >= Duration::from_secs(5) || done == users {
+            last_report = Instant::now();
+            eprintln!(
+                "preload: {done} of {users} ({added} new), {:.0} users/s, log index {}",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                r.log_index
+            );
+        }
+    }
+    let line = format!(
+        "preloaded {users} users ({added} new) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    emit_line(&line);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn code_name(code: tonic::Code) -> String {
@@ -566,6 +623,17 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             print_membership(&r);
             Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Preload {
+            fleet,
+            users,
+            first,
+            batch,
+        } => {
+            let admin = Admin {
+                fleet: fleet.load()?,
+            };
+            preload(&admin, first, users, batch).await
         }
         ClusterCommand::Snapshot { fleet, node } => {
             let admin = Admin {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use vault_types::codec::{self, CodecError, VALUE_V1};
 use vault_types::{
-    Command, CommandError, FleetId, Generation, Proposal, RequestId, Response, SealedBytes,
-    Timestamp, UserId, UserStatus,
+    Command, CommandError, FleetId, Generation, MAX_PRELOAD_PER_ENTRY, PRELOAD_RECORD_LEN,
+    Proposal, RequestId, Response, SealedBytes, Timestamp, UserId, UserStatus,
 };
 
 use crate::dedup::{DEFAULT_DEDUP_CAPACITY, DedupEntry, DedupTable, strip};
@@ -201,6 +201,7 @@ impl VaultState {
                 changed,
             ),
             Command::SetBundle { bundle, epoch } => self.set_bundle(bundle, *epoch, changed),
+            Command::Preload { first, count } => self.preload(*first, *count, at, changed),
             Command::Register {
                 user,
                 generation,
@@ -268,6 +269,59 @@ impl VaultState {
         fleet.bundle = Some((epoch, bundle.to_vec()));
         changed.push(StateKey::Fleet);
         Ok(Response::BundleSet { epoch })
+    }
+
+    fn preload(
+        &mut self,
+        first: u64,
+        count: u32,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let cap = self
+            .fleet
+            .as_ref()
+            .ok_or(CommandError::FleetNotInitialized)?
+            .max_attempts_cap;
+        if count == 0 || count > MAX_PRELOAD_PER_ENTRY {
+            return Err(CommandError::PreloadCount {
+                count,
+                max: MAX_PRELOAD_PER_ENTRY,
+            });
+        }
+        let mut added = 0;
+        for n in first..first.saturating_add(u64::from(count)) {
+            let Ok(user) = UserId::new(&format!("preload-{n:010}")) else {
+                continue;
+            };
+            if self.users.contains_key(&user) {
+                continue;
+            }
+            // Synthetic, deterministic bytes: every replica stores the same.
+            let mut record = Vec::with_capacity(PRELOAD_RECORD_LEN);
+            let mut block: [u8; 32] = Sha256::digest(user.as_str().as_bytes()).into();
+            while record.len() < PRELOAD_RECORD_LEN {
+                record.extend_from_slice(&block);
+                block = Sha256::digest(block).into();
+            }
+            record.truncate(PRELOAD_RECORD_LEN);
+            self.users.insert(
+                user.clone(),
+                UserRecord {
+                    generation: Generation(1),
+                    status: RecordStatus::Active {
+                        sealed_record: SealedBytes(record),
+                        max_attempts: cap,
+                        attempts_used: 0,
+                    },
+                    registered_at: at,
+                    updated_at: at,
+                },
+            );
+            changed.push(StateKey::User(user));
+            added += 1;
+        }
+        Ok(Response::Preloaded { added })
     }
 
     fn register(

@@ -341,6 +341,34 @@ fn bundle_epochs_only_grow() {
 }
 
 #[test]
+fn preload_adds_synthetic_users_once_and_deterministically() {
+    let mut log = Log::new();
+    let preload = |first, count| prop(Command::Preload { first, count });
+    assert_eq!(log.ok(preload(0, 3)), Response::Preloaded { added: 3 });
+    assert_eq!(log.ok(preload(2, 3)), Response::Preloaded { added: 2 });
+    let u = UserId::new("preload-0000000004").expect("id");
+    match log.state.user(&u).map(|r| &r.status) {
+        Some(RecordStatus::Active {
+            sealed_record,
+            attempts_used: 0,
+            ..
+        }) => assert_eq!(sealed_record.0.len(), vault_types::PRELOAD_RECORD_LEN),
+        other => panic!("{other:?}"),
+    }
+    for count in [0, vault_types::MAX_PRELOAD_PER_ENTRY + 1] {
+        assert!(matches!(
+            log.apply(preload(10, count)),
+            Err(CommandError::PreloadCount { .. })
+        ));
+    }
+    // Another replica applying the same entries holds the same state.
+    let mut other = Log::new();
+    other.ok(preload(0, 3));
+    other.ok(preload(2, 3));
+    assert_eq!(other.state.digest(), log.state.digest());
+}
+
+#[test]
 fn a_repeated_request_is_answered_from_the_table_and_costs_nothing() {
     let mut log = Log::new();
     log.ok(prop(register("a", 3)));

@@ -12,8 +12,9 @@ use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
 use vault_proto::v1::admin_server::Admin;
 use vault_proto::v1::{
     AddLearnerRequest, EvidenceReply, EvidenceRequest, FleetKeys, GetFleetKeysRequest, InitReply,
-    InitRequest, Member, MembershipReply, PromoteRequest, RemoveNodeRequest, Role, SetBundleReply,
-    SetBundleRequest, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest,
+    InitRequest, Member, MembershipReply, PreloadReply, PreloadRequest, PromoteRequest,
+    RemoveNodeRequest, Role, SetBundleReply, SetBundleRequest, SnapshotReply, SnapshotRequest,
+    StatusReply, StatusRequest,
 };
 use vault_raft::Raft;
 use vault_raft::config::Fleet;
@@ -185,6 +186,15 @@ impl AdminService {
         digest: &[&[u8]],
         command: Command,
     ) -> Result<Result<(), CommandError>, Status> {
+        Ok(self.commit_reply(digest, command).await?.map(drop))
+    }
+
+    /// [`AdminService::commit`], keeping the state machine's response.
+    async fn commit_reply(
+        &self,
+        digest: &[&[u8]],
+        command: Command,
+    ) -> Result<Result<vault_types::Response, CommandError>, Status> {
         let proposal = Proposal {
             request: Some(RequestMeta {
                 id: RequestId(rand::random()),
@@ -199,7 +209,7 @@ impl AdminService {
             .await
             .map_err(propose_status)?
         {
-            Reply::Vault(r) => Ok(r.map(drop)),
+            Reply::Vault(r) => Ok(r),
             Reply::Raft => Err(Status::internal("an operator command got a Raft reply")),
         }
     }
@@ -418,6 +428,35 @@ impl Admin for AdminService {
             }
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
+    }
+
+    async fn preload(
+        &self,
+        req: Request<PreloadRequest>,
+    ) -> Result<Response<PreloadReply>, Status> {
+        Gatekeeper::operator(&req)?;
+        let r = req.into_inner();
+        let digest = [
+            b"preload".as_slice(),
+            &r.first.to_be_bytes(),
+            &r.count.to_be_bytes(),
+        ];
+        let command = Command::Preload {
+            first: r.first,
+            count: r.count,
+        };
+        let added = match self.commit_reply(&digest, command).await? {
+            Ok(vault_types::Response::Preloaded { added }) => added,
+            Ok(other) => return Err(Status::internal(format!("Preload answered {other:?}"))),
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        };
+        let log_index = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Ok(Response::new(PreloadReply { added, log_index }))
     }
 
     async fn evidence(

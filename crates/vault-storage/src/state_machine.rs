@@ -162,6 +162,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             self.snapshot_file.clone(),
         );
         blocking(move || {
+            let started = std::time::Instant::now();
             // One RocksDB snapshot: the state and the applied id it claims
             // are read at the same sequence number.
             let view = db.rocks.snapshot();
@@ -202,8 +203,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_log_id,
                 last_membership,
             };
+            let count = items.len();
             let bytes = snapshot::encode(meta.clone(), items);
             save_if_newer(&dir, &lock, &meta, &bytes)?;
+            tracing::info!(
+                id = %meta.snapshot_id,
+                items = count,
+                bytes = bytes.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(bytes)),
@@ -307,6 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         );
         let meta = meta.clone();
         let (state, meta) = blocking(move || {
+            let started = std::time::Instant::now();
             let decoded = snapshot::decode(&bytes)?;
             if decoded.meta.last_log_id != meta.last_log_id
                 || decoded.meta.last_membership != meta.last_membership
@@ -342,6 +352,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
             db.write(batch, true)?;
             save_if_newer(&dir, &lock, &meta, &bytes)?;
+            tracing::info!(
+                id = %meta.snapshot_id,
+                bytes = bytes.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot installed"
+            );
             Ok((state, meta))
         })
         .await

@@ -73,7 +73,25 @@ pub enum Command {
         /// Its epoch; must grow.
         epoch: u64,
     },
+    /// Benchmarks' bulk path: adds `count` synthetic users
+    /// `preload-<first + i>` (zero-padded to 10 digits) with synthetic
+    /// sealed records of [`PRELOAD_RECORD_LEN`] bytes, so that a fleet can
+    /// be sized like a real one in minutes. They cannot be recovered (their
+    /// records were sealed by nobody); existing users are left alone.
+    Preload {
+        /// The first number.
+        first: u64,
+        /// How many, at most [`MAX_PRELOAD_PER_ENTRY`].
+        count: u32,
+    },
 }
+
+/// Length of a preloaded user's synthetic sealed record: about a real
+/// record's (OPAQUE upload, `enc_K`, blob header and tag).
+pub const PRELOAD_RECORD_LEN: usize = 320;
+/// Most users one `Preload` entry adds (bounds an entry's apply time and
+/// write batch).
+pub const MAX_PRELOAD_PER_ENTRY: u32 = 10_000;
 
 /// One log entry's payload: a command, when it was proposed, and the request
 /// it answers.

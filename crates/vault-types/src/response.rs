@@ -46,6 +46,11 @@ pub enum Response {
         /// Its epoch.
         epoch: u64,
     },
+    /// Synthetic users added.
+    Preloaded {
+        /// How many were new.
+        added: u32,
+    },
 }
 
 /// Why a command was refused. Deterministic: every replica refuses alike.
@@ -92,6 +97,14 @@ pub enum CommandError {
         current: u64,
         /// The one offered.
         given: u64,
+    },
+    /// A `Preload` of 0 or more than `max` users.
+    #[error("a preload entry adds 1 to {max} users, not {count}")]
+    PreloadCount {
+        /// Asked for.
+        count: u32,
+        /// The limit.
+        max: u32,
     },
 }
 
