@@ -1,6 +1,6 @@
 //! [`VaultState`] and `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 use vault_types::codec::{self, CodecError, VALUE_V1};
@@ -19,6 +19,81 @@ pub struct VaultState {
     fleet: Option<Fleet>,
     users: BTreeMap<UserId, UserRecord>,
     dedup: DedupTable,
+    /// The digest's parts, kept as the state changes so that
+    /// [`VaultState::digest`] costs nothing however large the state (it
+    /// answers every `Status` call): each persisted item's hash, and their
+    /// sum.
+    items_digest: ItemsDigest,
+}
+
+/// A multiset hash of the persisted items: the sum mod 2^256 of
+/// SHA-256(len ‖ key ‖ len ‖ value) over all items, updated per changed key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ItemsDigest {
+    sum: [u64; 4],
+    items: HashMap<StateKey, [u8; 32]>,
+}
+
+impl ItemsDigest {
+    fn item_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((key.len() as u64).to_be_bytes());
+        h.update(key);
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value);
+        h.finalize().into()
+    }
+
+    fn limbs(hash: &[u8; 32]) -> [u64; 4] {
+        core::array::from_fn(|i| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&hash[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(b)
+        })
+    }
+
+    fn add(&mut self, hash: &[u8; 32]) {
+        let x = Self::limbs(hash);
+        let mut carry = false;
+        for i in (0..4).rev() {
+            let (v, c1) = self.sum[i].overflowing_add(x[i]);
+            let (v, c2) = v.overflowing_add(u64::from(carry));
+            self.sum[i] = v;
+            carry = c1 || c2;
+        }
+    }
+
+    fn sub(&mut self, hash: &[u8; 32]) {
+        let x = Self::limbs(hash);
+        let mut borrow = false;
+        for i in (0..4).rev() {
+            let (v, b1) = self.sum[i].overflowing_sub(x[i]);
+            let (v, b2) = v.overflowing_sub(u64::from(borrow));
+            self.sum[i] = v;
+            borrow = b1 || b2;
+        }
+    }
+
+    /// Sets `key`'s item to `value` (`None`: the key is gone).
+    fn set(&mut self, key: &StateKey, value: Option<&[u8]>) {
+        if let Some(old) = self.items.remove(key) {
+            self.sub(&old);
+        }
+        if let Some(v) = value {
+            let h = Self::item_hash(&key.encode(), v);
+            self.add(&h);
+            self.items.insert(key.clone(), h);
+        }
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"backup-key-vault state v2");
+        for limb in self.sum {
+            h.update(limb.to_be_bytes());
+        }
+        h.finalize().into()
+    }
 }
 
 /// What applying one proposal did: the reply, and which persisted keys
@@ -61,6 +136,7 @@ impl VaultState {
             fleet: None,
             users: BTreeMap::new(),
             dedup: DedupTable::new(capacity),
+            items_digest: ItemsDigest::default(),
         }
     }
 
@@ -105,6 +181,15 @@ impl VaultState {
 
     /// Applies the proposal at log `index`. Pure and deterministic.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
+        let applied = self.apply_inner(index, proposal);
+        for key in &applied.changed {
+            let value = self.value(key);
+            self.items_digest.set(key, value.as_deref());
+        }
+        applied
+    }
+
+    fn apply_inner(&mut self, index: u64, proposal: &Proposal) -> Applied {
         if let Some(req) = &proposal.request
             && let Some(seen) = self.dedup.get(&req.id)
         {
@@ -528,22 +613,29 @@ impl VaultState {
         for (id, entry) in dedup {
             state.dedup.insert(id, entry);
         }
+        state.items_digest = state.digest_from_scratch_parts();
         Ok(state)
     }
 
-    /// SHA-256 over every persisted key and value in [`Self::items`] order: equal on two
-    /// replicas exactly when their states are equal.
-    pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"backup-key-vault state v1");
+    fn digest_from_scratch_parts(&self) -> ItemsDigest {
+        let mut d = ItemsDigest::default();
         for (k, v) in self.items() {
-            let k = k.encode();
-            h.update((k.len() as u64).to_be_bytes());
-            h.update(&k);
-            h.update((v.len() as u64).to_be_bytes());
-            h.update(&v);
+            d.set(&k, Some(&v));
         }
-        h.finalize().into()
+        d
+    }
+
+    /// A digest of every persisted key and value (a sum of per-item hashes,
+    /// kept up to date by [`Self::apply`], so this costs nothing): equal on
+    /// two replicas exactly when their states are equal.
+    pub fn digest(&self) -> [u8; 32] {
+        self.items_digest.digest()
+    }
+
+    /// [`Self::digest`] computed again from every item (what the kept
+    /// digest must always equal; for tests).
+    pub fn digest_from_scratch(&self) -> [u8; 32] {
+        self.digest_from_scratch_parts().digest()
     }
 
     /// Number of remembered request ids.

@@ -551,6 +551,8 @@ proptest! {
             let before = target.as_ref().and_then(|u| a.user(u).cloned());
             let applied = a.apply(i as u64 + 2, &p);
             log.push(p.clone());
+            // The kept digest is the digest of what is there.
+            prop_assert_eq!(a.digest(), a.digest_from_scratch());
 
             // (c) a tombstone never returns material, fresh or replayed.
             if let (Ok(Response::AttemptGranted { generation, sealed_record, .. }), Some(u)) = (&applied.reply, &target) {
