@@ -107,6 +107,24 @@ impl Frontends {
         &self,
         first: usize,
         nodes: &mut Vec<u64>,
+        call: F,
+    ) -> Result<(usize, T), Outcome>
+    where
+        F: FnMut(FrontendClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.with_retries(first, true, None, nodes, call).await
+    }
+
+    /// Runs `call` on node `first` (and, with `rotate`, the nodes after
+    /// it in turn), retrying while the answer is "unavailable", for at most
+    /// `max_tries` calls and the operation's deadline.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        first: usize,
+        rotate: bool,
+        max_tries: Option<usize>,
+        nodes: &mut Vec<u64>,
         mut call: F,
     ) -> Result<(usize, T), Outcome>
     where
@@ -115,8 +133,9 @@ impl Frontends {
     {
         let give_up = tokio::time::Instant::now() + self.op_deadline;
         let mut last = Outcome::Unknown("no call made".into());
-        for tried in 0.. {
-            let i = (first + tried) % self.nodes.len();
+        let n = self.nodes.len();
+        for tried in 0..max_tries.unwrap_or(usize::MAX) {
+            let i = if rotate { (first + tried) % n } else { first };
             nodes.push(self.nodes[i].0);
             match tokio::time::timeout(self.call_timeout, call(self.client(i))).await {
                 Ok(Ok(r)) => return Ok((i, r.into_inner())),
@@ -124,8 +143,9 @@ impl Frontends {
                     Outcome::Unknown(m) => last = Outcome::Unknown(m),
                     // After a try without answer, a refusal does not mean
                     // nothing happened: the first try may have committed
-                    // (e.g. taken the last attempt, and the retry, answered
-                    // from the dedup table, finds the record locked).
+                    // (a RecoverStart that took the last attempt is
+                    // answered from the dedup table as locked; a
+                    // RecoverFinish finds its session consumed).
                     refused if tried > 0 && last.is_unknown() => {
                         return Err(Outcome::Unknown(format!("{last:?}, then {refused:?}")));
                     }
@@ -136,7 +156,7 @@ impl Frontends {
             if tokio::time::Instant::now() >= give_up {
                 break;
             }
-            if (tried + 1) % self.nodes.len() == 0 {
+            if !rotate || (tried + 1) % n == 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -360,44 +380,23 @@ impl Frontends {
             outcome: Outcome::Ok,
             k_matches: None,
         };
-        let mut last = Outcome::Unknown("no call made".into());
-        let mut answer = None;
-        for tried in 0..3 {
-            let req = RecoverFinishRequest {
-                session_id: reply.session_id.clone(),
-                ke3: ok.ke3.clone(),
-            };
-            match tokio::time::timeout(self.call_timeout, self.client(i).recover_finish(req)).await
-            {
-                Ok(Ok(r)) => {
-                    answer = Some(r.into_inner());
-                    break;
-                }
-                Ok(Err(s)) => match classify(&s) {
-                    Outcome::Unknown(m) => last = Outcome::Unknown(m),
-                    // The first call consumed the session: a refusal after
-                    // a call without answer says nothing about that call,
-                    // which may have committed the outcome.
-                    refused if last.is_unknown() && tried > 0 => {
-                        last = Outcome::Unknown(format!("{last:?}, then {refused:?}"));
-                        break;
-                    }
-                    refused => {
-                        last = refused;
-                        break;
-                    }
-                },
-                Err(_) => last = Outcome::Unknown("call timed out".into()),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // The session lives on node i: retry there only.
+        let answer = self
+            .with_retries(i, false, Some(3), &mut Vec::new(), |mut c| {
+                let req = RecoverFinishRequest {
+                    session_id: reply.session_id.clone(),
+                    ke3: ok.ke3.clone(),
+                };
+                async move { c.recover_finish(req).await }
+            })
+            .await;
         finish.end_ms = history.now_ms();
         match answer {
-            Some(a) => {
+            Ok((_, a)) => {
                 let k = ok.open(&a.sealed_key, &uid);
                 finish.k_matches = Some(k.is_ok_and(|k| *k == user.k));
             }
-            None => finish.outcome = last,
+            Err(last) => finish.outcome = last,
         }
         op.finish = Some(finish);
         op
