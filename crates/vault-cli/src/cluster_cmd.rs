@@ -307,10 +307,7 @@ async fn preload(admin: &Admin, first: u64, users: u64, batch: u32) -> anyhow::R
             count,
         };
         let r = admin
-            .on_leader(|mut c| {
-                let req = req.clone();
-                async move { c.preload(req).await }
-            })
+            .on_leader(|mut c| async move { c.preload(req).await })
             .await?;
         done += u64::from(count);
         added += u64::from(r.added);

@@ -363,11 +363,7 @@ impl VaultState {
         at: Timestamp,
         changed: &mut Vec<StateKey>,
     ) -> Result<Response, CommandError> {
-        let cap = self
-            .fleet
-            .as_ref()
-            .ok_or(CommandError::FleetNotInitialized)?
-            .max_attempts_cap;
+        let cap = self.max_attempts_cap()?;
         if count == 0 || count > MAX_PRELOAD_PER_ENTRY {
             return Err(CommandError::PreloadCount {
                 count,
@@ -376,7 +372,7 @@ impl VaultState {
         }
         let mut added = 0;
         for n in first..first.saturating_add(u64::from(count)) {
-            let Ok(user) = UserId::new(&format!("preload-{n:010}")) else {
+            let Ok(user) = UserId::new(format!("preload-{n:010}")) else {
                 continue;
             };
             if self.users.contains_key(&user) {
@@ -390,20 +386,8 @@ impl VaultState {
                 block = Sha256::digest(block).into();
             }
             record.truncate(PRELOAD_RECORD_LEN);
-            self.users.insert(
-                user.clone(),
-                UserRecord {
-                    generation: Generation(1),
-                    status: RecordStatus::Active {
-                        sealed_record: SealedBytes(record),
-                        max_attempts: cap,
-                        attempts_used: 0,
-                    },
-                    registered_at: at,
-                    updated_at: at,
-                },
-            );
-            changed.push(StateKey::User(user));
+            let record = SealedBytes(record);
+            self.insert_active(&user, Generation(1), &record, cap, at, changed);
             added += 1;
         }
         Ok(Response::Preloaded { added })
@@ -418,11 +402,7 @@ impl VaultState {
         at: Timestamp,
         changed: &mut Vec<StateKey>,
     ) -> Result<Response, CommandError> {
-        let cap = self
-            .fleet
-            .as_ref()
-            .ok_or(CommandError::FleetNotInitialized)?
-            .max_attempts_cap;
+        let cap = self.max_attempts_cap()?;
         if max_attempts == 0 || max_attempts > cap {
             return Err(CommandError::MaxAttemptsOutOfRange {
                 requested: max_attempts,
@@ -438,6 +418,28 @@ impl VaultState {
         {
             return Err(CommandError::StaleGeneration { current, given });
         }
+        self.insert_active(user, generation, sealed_record, max_attempts, at, changed);
+        Ok(Response::Registered { generation })
+    }
+
+    /// The fleet's cap on attempts (the fleet must be initialised).
+    fn max_attempts_cap(&self) -> Result<u32, CommandError> {
+        self.fleet
+            .as_ref()
+            .map(|f| f.max_attempts_cap)
+            .ok_or(CommandError::FleetNotInitialized)
+    }
+
+    /// Stores a fresh active record with a full attempt budget.
+    fn insert_active(
+        &mut self,
+        user: &UserId,
+        generation: Generation,
+        sealed_record: &SealedBytes,
+        max_attempts: u32,
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) {
         self.users.insert(
             user.clone(),
             UserRecord {
@@ -452,7 +454,6 @@ impl VaultState {
             },
         );
         changed.push(StateKey::User(user.clone()));
-        Ok(Response::Registered { generation })
     }
 
     fn begin_attempt(
