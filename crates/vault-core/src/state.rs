@@ -97,14 +97,20 @@ impl ItemsDigest {
 }
 
 /// What applying one proposal did: the reply, and which persisted keys
-/// changed (write their new [`VaultState::value`], or delete them when it is
-/// `None`).
+/// changed with their new encoded value (write it, or delete the key when
+/// it is `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The reply for the client.
     pub reply: Result<Response, CommandError>,
-    /// Keys whose value changed.
-    pub changed: Vec<StateKey>,
+    /// Keys whose value changed, and their new [`VaultState::value`].
+    pub changed: Vec<(StateKey, Option<Vec<u8>>)>,
+}
+
+/// [`Applied`] before the changed keys' values are encoded.
+struct Executed {
+    reply: Result<Response, CommandError>,
+    changed: Vec<StateKey>,
 }
 
 /// Why persisted state could not be loaded.
@@ -181,15 +187,24 @@ impl VaultState {
 
     /// Applies the proposal at log `index`. Pure and deterministic.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
-        let applied = self.apply_inner(index, proposal);
-        for key in &applied.changed {
-            let value = self.value(key);
-            self.items_digest.set(key, value.as_deref());
+        let executed = self.apply_inner(index, proposal);
+        // Each changed item is encoded once: for the digest and for storage.
+        let changed = executed
+            .changed
+            .into_iter()
+            .map(|key| {
+                let value = self.value(&key);
+                self.items_digest.set(&key, value.as_deref());
+                (key, value)
+            })
+            .collect();
+        Applied {
+            reply: executed.reply,
+            changed,
         }
-        applied
     }
 
-    fn apply_inner(&mut self, index: u64, proposal: &Proposal) -> Applied {
+    fn apply_inner(&mut self, index: u64, proposal: &Proposal) -> Executed {
         if let Some(req) = &proposal.request
             && let Some(seen) = self.dedup.get(&req.id)
         {
@@ -200,7 +215,7 @@ impl VaultState {
                 // carry a second password guess under one attempt.
                 Err(CommandError::RequestIdReused)
             };
-            return Applied {
+            return Executed {
                 reply,
                 changed: Vec::new(),
             };
@@ -219,7 +234,7 @@ impl VaultState {
             changed.push(StateKey::Dedup(req.id));
             changed.extend(evicted.into_iter().map(StateKey::Dedup));
         }
-        Applied { reply, changed }
+        Executed { reply, changed }
     }
 
     /// A recorded reply, with a granted attempt's sealed record read again

@@ -249,9 +249,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => replies.push(Reply::Raft),
                     EntryPayload::Normal(proposal) => {
                         let applied = a.state.apply(entry.log_id.index, &proposal);
-                        for key in applied.changed {
+                        for (key, value) in applied.changed {
                             let k = key.encode();
-                            match a.state.value(&key) {
+                            match value {
                                 Some(v) => batch.put_cf(self.db.cf(CF_STATE), k, frame(v)),
                                 None => batch.delete_cf(self.db.cf(CF_STATE), k),
                             }
