@@ -1,4 +1,4 @@
-//! The table of applied request ids: bounded, evicting by log index.
+//! The table of applied request ids: bounded, evicting by log position.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,8 @@ pub const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
 /// What is remembered of one applied request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupEntry {
-    /// The log index it was applied at (orders eviction).
+    /// Where in the log it was applied (see [`crate::log_position`]):
+    /// unique, and orders eviction.
     pub index: u64,
     /// The digest of the body it was applied with.
     pub digest: RequestDigest,

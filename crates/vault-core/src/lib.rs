@@ -1,5 +1,5 @@
 //! The replicated state of a vault fleet and the pure function that advances
-//! it: `apply(state, index, proposal) -> reply`.
+//! it: `apply(state, position, proposal) -> reply`.
 //!
 //! No I/O, no clock, no randomness, no HSM: whatever is non-deterministic was
 //! done by the proposing node and arrives inside the [`Proposal`]. So every
@@ -14,7 +14,7 @@
 //! - **idempotency**: a request id applied before returns its recorded reply
 //!   when the body digest matches, and `RequestIdReused` when it does not;
 //!   it never grants a second attempt;
-//! - **determinism**: the dedup table is bounded and evicts by log index.
+//! - **determinism**: the dedup table is bounded and evicts by log position.
 //!
 //! Must not depend on: RocksDB, PKCS#11, the network, a clock.
 
@@ -26,7 +26,16 @@ mod record;
 mod state;
 
 pub use dedup::DEFAULT_DEDUP_CAPACITY;
+
 pub use key::StateKey;
 pub use record::{Fleet, RecordStatus, UserRecord};
 pub use state::{Applied, StateError, VaultState};
 pub use vault_types::Proposal;
+
+/// Where a proposal sits in the log: its entry's index times 2^16 plus its
+/// place in the entry's batch. Unique and increasing along the log, so the
+/// dedup table can evict by it (a batch holds at most
+/// [`vault_types::MAX_BATCH`] proposals, far fewer than 2^16).
+pub fn log_position(index: u64, place: usize) -> u64 {
+    (index << 16) | (place as u64 & 0xffff)
+}

@@ -185,9 +185,10 @@ impl VaultState {
         }
     }
 
-    /// Applies the proposal at log `index`. Pure and deterministic.
-    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
-        let executed = self.apply_inner(index, proposal);
+    /// Applies the proposal at log `position` ([`crate::log_position`]:
+    /// unique and increasing along the log). Pure and deterministic.
+    pub fn apply(&mut self, position: u64, proposal: &Proposal) -> Applied {
+        let executed = self.apply_inner(position, proposal);
         // Each changed item is encoded once: for the digest and for storage.
         let changed = executed
             .changed

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub storage_log_entries: IntGauge,
     /// Log appends (one fsync each) since start.
     pub storage_log_appends: IntGauge,
+    /// Applied log entries of client proposals (batches).
+    pub batches_applied: IntGauge,
+    /// Proposals those entries carried.
+    pub proposals_applied: IntGauge,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
     hsm_seconds: HistogramVec,
@@ -145,6 +149,16 @@ impl Metrics {
                 &registry,
                 "storage_log_appends",
                 "Log appends since start (each one fsync, however many entries)",
+            ),
+            batches_applied: gauge(
+                &registry,
+                "raft_batches_applied",
+                "Log entries of client proposals applied since start (each a batch)",
+            ),
+            proposals_applied: gauge(
+                &registry,
+                "raft_proposals_applied",
+                "Client proposals applied since start (over raft_batches_applied: proposals per entry)",
             ),
             registry,
             rpc_total,

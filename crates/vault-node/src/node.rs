@@ -16,7 +16,7 @@ use vault_raft::Raft;
 use vault_raft::config::{Fleet, HsmModule, NodeConfig};
 use vault_raft::network::{MAX_MESSAGE, Network, PeerChannels};
 use vault_raft::peer::{Gatekeeper, PeerService};
-use vault_raft::proposer::Proposer;
+use vault_raft::proposer::{Batcher, Proposer};
 use vault_raft::tls::server_config;
 
 use crate::admin::AdminService;
@@ -118,7 +118,14 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     )
     .await
     .context("start Raft")?;
-    let proposer = Proposer::new(raft.clone(), channels, PROPOSE_DEADLINE, metrics.clone());
+    let batcher = Batcher::start(raft.clone());
+    let proposer = Proposer::new(
+        raft.clone(),
+        batcher.clone(),
+        channels,
+        PROPOSE_DEADLINE,
+        metrics.clone(),
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(Err("starting".to_owned()));
@@ -158,7 +165,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(120))
         .layer(RpcLayer::new(metrics.clone(), node_id))
         .add_service(
-            PeerServer::new(PeerService::new(raft.clone(), gate))
+            PeerServer::new(PeerService::new(raft.clone(), batcher, gate))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -302,6 +309,10 @@ async fn track(
             .storage_log_entries
             .set(count(&storage.log_entries_appended));
         metrics.storage_log_appends.set(count(&storage.log_appends));
+        metrics.batches_applied.set(count(&storage.batches_applied));
+        metrics
+            .proposals_applied
+            .set(count(&storage.proposals_applied));
         if let Ok(c) = raft
             .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
             .await

@@ -29,8 +29,8 @@ pub mod wire;
 openraft::declare_raft_types!(
     /// The openraft types of a vault fleet.
     pub TypeConfig:
-        D = vault_types::Proposal,
-        R = vault_types::Reply,
+        D = vault_types::Batch,
+        R = Vec<vault_types::Reply>,
         NodeId = u64,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,

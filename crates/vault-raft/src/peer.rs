@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::io::Cursor;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Snapshot, Vote};
 use tonic::{Request, Response, Status, Streaming};
 use vault_proto::v1::peer_server::Peer;
@@ -23,6 +23,7 @@ use vault_types::codec;
 
 use crate::identity::{Identity, identity_of};
 use crate::network::SnapshotHeader;
+use crate::proposer::{Batcher, WriteError};
 use crate::{Raft, wire};
 
 /// The largest snapshot a node accepts (the state is held in memory).
@@ -118,13 +119,19 @@ impl Gatekeeper {
 /// The peer API of one node.
 pub struct PeerService {
     raft: Raft,
+    batcher: Batcher,
     gate: Gatekeeper,
 }
 
 impl PeerService {
-    /// Serves `raft` to callers that `gate` lets in.
-    pub fn new(raft: Raft, gate: Gatekeeper) -> PeerService {
-        PeerService { raft, gate }
+    /// Serves `raft` to callers that `gate` lets in; forwarded commands go
+    /// through `batcher` with this node's own.
+    pub fn new(raft: Raft, batcher: Batcher, gate: Gatekeeper) -> PeerService {
+        PeerService {
+            raft,
+            batcher,
+            gate,
+        }
     }
 }
 
@@ -205,19 +212,16 @@ impl Peer for PeerService {
             request = ?proposal.request.map(|r| r.id),
             "forwarded command"
         );
-        match self.raft.client_write(proposal).await {
-            Ok(written) => Ok(Response::new(ForwardReply {
-                reply: codec::encode(codec::VALUE_V1, &written.data)
+        match self.batcher.write(proposal).await {
+            Ok(reply) => Ok(Response::new(ForwardReply {
+                reply: codec::encode(codec::VALUE_V1, &reply)
                     .map_err(|e| Status::internal(e.to_string()))?,
             })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Status::unavailable(format!(
-                    "not the leader (leader: {}); retry",
-                    f.leader_id
-                        .map_or_else(|| "unknown".to_owned(), |l| l.to_string())
-                )))
-            }
-            Err(e) => Err(Status::unavailable(format!(
+            Err(WriteError::ForwardToLeader { leader }) => Err(Status::unavailable(format!(
+                "not the leader (leader: {}); retry",
+                leader.map_or_else(|| "unknown".to_owned(), |(l, _)| l.to_string())
+            ))),
+            Err(WriteError::Fatal(e)) => Err(Status::unavailable(format!(
                 "the command did not commit: {e}; retry"
             ))),
         }

@@ -1,17 +1,25 @@
 //! Proposing a command from any node: here when this node leads, else
 //! forwarded to the leader over the peer API.
 //!
+//! On the leader, proposals (its own callers' and forwarded ones) pass
+//! through a [`Batcher`]: while a few log entries are being committed, the
+//! proposals that arrive meanwhile wait and go out together as the next
+//! entry's [`Batch`], so concurrent requests share one log write, one fsync
+//! and one replication round instead of paying for each.
+//!
 //! Commands carry request ids and the state machine answers a repeated id
 //! with the first answer, so retrying after an unclear outcome (a leader
 //! that stepped down, a forward that timed out) never applies a command
 //! twice. The proposer retries within its deadline while a leader is being
 //! elected; past it the caller gets [`ProposeError::Retryable`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use vault_proto::v1::{ForwardRequest, ReadIndexRequest};
-use vault_types::{Proposal, Reply, codec};
+use vault_types::{Batch, MAX_BATCH, Proposal, Reply, codec};
 
 use crate::Raft;
 use crate::network::PeerChannels;
@@ -35,28 +43,147 @@ pub trait ForwardObserver: Send + Sync + 'static {
     fn forwarded(&self, leader: u64, ok: bool);
 }
 
+/// Log entries a leader's batcher keeps in flight at once: while they
+/// commit, new proposals gather into the next batch. (Measured on the
+/// local 3-node fleet: one in flight batches more but leaves the fleet idle
+/// between commits at 20 clients; two did best; an adaptive rule, a second
+/// entry only once four proposals wait, did worse.)
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Proposals waiting for a batch; past this, callers wait to queue.
+const QUEUE: usize = 4 * MAX_BATCH;
+
+/// Why the batcher could not write a proposal.
+#[derive(Debug)]
+pub enum WriteError {
+    /// This node does not lead; `leader` (with its peer address) may.
+    ForwardToLeader {
+        /// The leader this node knows of, if any, and its address.
+        leader: Option<(u64, String)>,
+    },
+    /// Raft refused or stopped; the message says why.
+    Fatal(String),
+}
+
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<Reply, WriteError>>,
+}
+
+/// Gathers proposals into log entries (see the module documentation).
+/// Cheap to clone; every clone feeds the same queue.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// A batcher writing to `raft`. Spawns its task on the current tokio
+    /// runtime; the task ends when every clone is dropped.
+    pub fn start(raft: Raft) -> Batcher {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(batch_loop(raft, rx));
+        Batcher { queue }
+    }
+
+    /// Commits `proposal` (in a batch with whatever else is waiting) and
+    /// returns its applied reply.
+    pub async fn write(&self, proposal: Proposal) -> Result<Reply, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { proposal, reply })
+            .await
+            .map_err(|_| WriteError::Fatal("the batcher stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| WriteError::Fatal("the batcher dropped a proposal".into()))?
+    }
+}
+
+async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a slot first: whatever arrives meanwhile joins this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (proposals, waiters): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+            let result = raft.client_write(Batch(proposals)).await;
+            drop(permit);
+            match result {
+                Ok(written) if written.data.len() == waiters.len() => {
+                    for (waiter, reply) in waiters.into_iter().zip(written.data) {
+                        let _ = waiter.send(Ok(reply));
+                    }
+                }
+                Ok(written) => {
+                    let why = format!(
+                        "a batch of {} proposals got {} replies",
+                        waiters.len(),
+                        written.data.len()
+                    );
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(WriteError::Fatal(why.clone())));
+                    }
+                }
+                Err(e) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(write_error(&e)));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn write_error(e: &RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::ForwardToLeader {
+            leader: f
+                .leader_id
+                .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+        },
+        RaftError::APIError(e) => WriteError::Fatal(e.to_string()),
+        RaftError::Fatal(e) => WriteError::Fatal(e.to_string()),
+    }
+}
+
 /// Proposes commands on behalf of this node's callers.
 #[derive(Clone)]
 pub struct Proposer {
-    raft: Raft,
+    batcher: Batcher,
     channels: PeerChannels,
     deadline: Duration,
     observer: std::sync::Arc<dyn ForwardObserver>,
+    raft: Raft,
 }
 
 impl Proposer {
-    /// A proposer that gives up after `deadline`.
+    /// A proposer that writes through `batcher` and gives up after
+    /// `deadline`.
     pub fn new(
         raft: Raft,
+        batcher: Batcher,
         channels: PeerChannels,
         deadline: Duration,
         observer: std::sync::Arc<dyn ForwardObserver>,
     ) -> Proposer {
         Proposer {
-            raft,
+            batcher,
             channels,
             deadline,
             observer,
+            raft,
         }
     }
 
@@ -67,18 +194,16 @@ impl Proposer {
         let give_up = Instant::now() + self.deadline;
         let mut last = String::from("no leader known");
         loop {
-            match self.raft.client_write(proposal.clone()).await {
-                Ok(written) => return Ok(written.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
-                        match self.forward(leader, &node.addr, &bytes, give_up).await {
-                            Ok(reply) => return Ok(reply),
-                            Err(e) => last = e,
-                        }
-                    }
-                }
-                Err(RaftError::APIError(e)) => return Err(ProposeError::Fatal(e.to_string())),
-                Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
+            match self.batcher.write(proposal.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(WriteError::ForwardToLeader {
+                    leader: Some((leader, addr)),
+                }) => match self.forward(leader, &addr, &bytes, give_up).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => last = e,
+                },
+                Err(WriteError::ForwardToLeader { leader: None }) => {}
+                Err(WriteError::Fatal(e)) => return Err(ProposeError::Fatal(e)),
             }
             if Instant::now() >= give_up {
                 return Err(ProposeError::Retryable(last));

@@ -51,7 +51,7 @@ mod tests {
 
     use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
     use openraft::{BasicNode, CommittedLeaderId, EntryPayload, LogId, Membership, Vote};
-    use vault_types::{Command, Proposal, Timestamp};
+    use vault_types::{Batch, Command, Proposal, Timestamp};
 
     use super::*;
     use crate::{Entry, TypeConfig};
@@ -88,7 +88,7 @@ mod tests {
                 },
                 Entry {
                     log_id: log_id(3, 1, 12),
-                    payload: EntryPayload::Normal(proposal),
+                    payload: EntryPayload::Normal(Batch(vec![proposal.clone(), proposal])),
                 },
                 Entry {
                     log_id: log_id(3, 1, 13),

@@ -135,6 +135,11 @@ pub struct StorageStats {
     pub log_entries_appended: std::sync::atomic::AtomicU64,
     /// Log appends (each one write batch, one fsync).
     pub log_appends: std::sync::atomic::AtomicU64,
+    /// Log entries of client proposals applied (each one batch).
+    pub batches_applied: std::sync::atomic::AtomicU64,
+    /// Proposals those batches carried (over `batches_applied`: the
+    /// leader's batching factor).
+    pub proposals_applied: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Db {

@@ -10,8 +10,8 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use rocksdb::WriteBatch;
-use vault_core::VaultState;
-use vault_types::{Reply, UserId, UserStatus};
+use vault_core::{VaultState, log_position};
+use vault_types::{Batch, Reply, UserId, UserStatus};
 
 use crate::db::{
     CF_META, CF_STATE, Db, KEY_LAST_APPLIED, KEY_MEMBERSHIP, StoreError, blocking, decode_framed,
@@ -233,7 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Reply>>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -246,21 +246,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => replies.push(Reply::Raft),
-                    EntryPayload::Normal(proposal) => {
-                        let applied = a.state.apply(entry.log_id.index, &proposal);
-                        for (key, value) in applied.changed {
-                            let k = key.encode();
-                            match value {
-                                Some(v) => batch.put_cf(self.db.cf(CF_STATE), k, frame(v)),
-                                None => batch.delete_cf(self.db.cf(CF_STATE), k),
+                    EntryPayload::Blank => replies.push(vec![Reply::Raft]),
+                    EntryPayload::Normal(Batch(proposals)) => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        self.db.stats.batches_applied.fetch_add(1, Relaxed);
+                        let n = proposals.len() as u64;
+                        self.db.stats.proposals_applied.fetch_add(n, Relaxed);
+                        let mut entry_replies = Vec::with_capacity(proposals.len());
+                        for (place, proposal) in proposals.iter().enumerate() {
+                            let position = log_position(entry.log_id.index, place);
+                            let applied = a.state.apply(position, proposal);
+                            // In order: a later proposal's write to a key
+                            // overrides an earlier one's in the batch.
+                            for (key, value) in applied.changed {
+                                let k = key.encode();
+                                match value {
+                                    Some(v) => batch.put_cf(self.db.cf(CF_STATE), k, frame(v)),
+                                    None => batch.delete_cf(self.db.cf(CF_STATE), k),
+                                }
                             }
+                            entry_replies.push(Reply::Vault(applied.reply));
                         }
-                        replies.push(Reply::Vault(applied.reply));
+                        replies.push(entry_replies);
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        replies.push(Reply::Raft);
+                        replies.push(vec![Reply::Raft]);
                     }
                 }
             }

@@ -142,7 +142,7 @@ fn crash_round(kill_after: u64) -> Result<(), Failed> {
         }
         for (i, e) in (1..).zip(&entries) {
             match &e.payload {
-                EntryPayload::Normal(p) if *p == workload(i) && e.log_id.index == i => {}
+                EntryPayload::Normal(b) if b.0 == [workload(i)] && e.log_id.index == i => {}
                 other => return Err(format!("entry {i} came back as {other:?}")),
             }
         }

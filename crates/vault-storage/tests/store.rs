@@ -16,7 +16,7 @@ fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
 fn reference_digest(upto: u64) -> [u8; 32] {
     let mut state = VaultState::default();
     for i in 1..=upto {
-        state.apply(i, &workload(i));
+        state.apply(vault_core::log_position(i, 0), &workload(i));
     }
     state.digest()
 }
@@ -67,6 +67,37 @@ async fn a_snapshot_built_while_applies_continue_restores_exactly_its_index() {
         sm3.reader().digest(),
         (Some(index), reference_digest(index))
     );
+}
+
+/// A log entry carrying several proposals applies them in order, one reply
+/// each, to the state a reference machine reaches applying them at the same
+/// log positions; and the state a restart loads from disk is that state.
+#[tokio::test]
+async fn a_batch_entry_applies_its_proposals_in_order() {
+    use openraft::EntryPayload;
+    use vault_types::Batch;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut reference = VaultState::default();
+    let mut entries = Vec::new();
+    // Entries 1..=10, each with 3 consecutive proposals of the workload.
+    for index in 1..=10u64 {
+        let proposals: Vec<_> = (0..3).map(|p| workload((index - 1) * 3 + p + 1)).collect();
+        for (place, p) in proposals.iter().enumerate() {
+            reference.apply(vault_core::log_position(index, place), p);
+        }
+        let mut e = entry(index, workload(1));
+        e.payload = EntryPayload::Normal(Batch(proposals));
+        entries.push(e);
+    }
+    {
+        let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+        let replies = sm.apply(entries).await.expect("apply");
+        assert_eq!(replies.len(), 10);
+        assert!(replies.iter().all(|r| r.len() == 3), "{replies:?}");
+        assert_eq!(sm.reader().digest(), (Some(10), reference.digest()));
+    }
+    let (_log, sm) = vault_storage::open(dir.path()).expect("reopen");
+    assert_eq!(sm.reader().digest(), (Some(10), reference.digest()));
 }
 
 #[tokio::test]

@@ -109,6 +109,42 @@ pub struct Proposal {
     pub command: Command,
 }
 
+/// One Raft log entry's payload: proposals the leader commits together, in
+/// order (one log write, one fsync and one replication round for all of
+/// them). Each keeps its own request id and gets its own reply; the state
+/// machine applies them one after another as if they were consecutive
+/// entries. Never empty.
+///
+/// Serialised as one byte string holding [`codec::encode_batch`]'s output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch(pub Vec<Proposal>);
+
+/// The most proposals one log entry carries.
+pub const MAX_BATCH: usize = 64;
+
+impl Serialize for Batch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = codec::encode_batch(self).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Batch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a versioned batch of proposals")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Batch, E> {
+                codec::decode_batch(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 impl Serialize for Proposal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes = codec::encode_proposal(self).map_err(serde::ser::Error::custom)?;

@@ -12,7 +12,9 @@ mod ids;
 mod response;
 
 pub use codec::CodecError;
-pub use command::{Command, MAX_PRELOAD_PER_ENTRY, PRELOAD_RECORD_LEN, Proposal, RequestMeta};
+pub use command::{
+    Batch, Command, MAX_BATCH, MAX_PRELOAD_PER_ENTRY, PRELOAD_RECORD_LEN, Proposal, RequestMeta,
+};
 pub use ids::{
     FleetId, Generation, IdError, MAX_FLEET_ID_LEN, MAX_USER_ID_LEN, NodeId, RequestDigest,
     RequestId, SealedBytes, Timestamp, UserId,

@@ -4,8 +4,8 @@
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use vault_storage::Entry;
 use vault_types::{
-    Command, FleetId, Generation, Proposal, RequestDigest, RequestId, RequestMeta, SealedBytes,
-    Timestamp, UserId,
+    Batch, Command, FleetId, Generation, Proposal, RequestDigest, RequestId, RequestMeta,
+    SealedBytes, Timestamp, UserId,
 };
 
 pub fn log_id(term: u64, index: u64) -> LogId<u64> {
@@ -15,7 +15,7 @@ pub fn log_id(term: u64, index: u64) -> LogId<u64> {
 pub fn entry(index: u64, proposal: Proposal) -> Entry {
     Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(proposal),
+        payload: EntryPayload::Normal(Batch(vec![proposal])),
     }
 }
 

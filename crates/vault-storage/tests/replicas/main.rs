@@ -27,7 +27,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use vault_storage::StateReader;
 use vault_types::{
-    Command, CommandError, FleetId, Generation, Proposal, Reply, RequestDigest, RequestId,
+    Batch, Command, CommandError, FleetId, Generation, Proposal, Reply, RequestDigest, RequestId,
     RequestMeta, Response, SealedBytes, Timestamp, UserId, UserStatus,
 };
 
@@ -149,12 +149,14 @@ impl Cluster {
                     .or_else(|| self.router.up().first().copied())?;
                 continue;
             };
-            let call = tokio::time::timeout_at(deadline, raft.client_write(proposal.clone())).await;
+            let call =
+                tokio::time::timeout_at(deadline, raft.client_write(Batch(vec![proposal.clone()])))
+                    .await;
             match call {
                 Ok(Ok(resp)) => {
-                    return match resp.data {
-                        Reply::Vault(r) => Some(r),
-                        Reply::Raft => None,
+                    return match resp.data.into_iter().next() {
+                        Some(Reply::Vault(r)) => Some(r),
+                        _ => None,
                     };
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
