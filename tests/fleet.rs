@@ -46,6 +46,10 @@ fn main() -> ExitCode {
             "sigterm_stops_cleanly_and_the_node_restarts_with_its_data",
             sigterm_stops_cleanly_and_the_node_restarts_with_its_data,
         ),
+        (
+            "concurrent_commands_share_log_entries_and_each_gets_its_own_reply",
+            concurrent_commands_share_log_entries_and_each_gets_its_own_reply,
+        ),
     ];
     vault_testkit::run_fleet_tests(4, tests)
 }
@@ -435,6 +439,95 @@ fn the_frontend_port_refuses_plaintext_and_certless_clients(template: &Template)
         Ok(())
     })();
     fleet.with_logs(result)
+}
+
+/// A metric's value from a node's `/metrics` text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Many commands at once, through every node: the leader batches them
+/// into fewer log entries than commands, every caller still gets its own
+/// answer (registrations their generation, deletes of unknown users
+/// `NotFound`, recoveries their key), and the replicas agree.
+fn concurrent_commands_share_log_entries_and_each_gets_its_own_reply(
+    template: &Template,
+) -> TestResult {
+    let fleet = started(template, FleetSpec::voters(3))?;
+    let status = fleet.wait_converged(CONVERGE)?;
+    let leader = status["leaders"][0].as_u64().context("leader")?;
+    let rt = client::runtime();
+    let client = std::sync::Arc::new(rt.block_on(async { fleet.client() })?);
+    let keys = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..12u32 {
+            let c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let user = client::user(1000 + i);
+                let k = c.register(&user, b"batch pw", 5).await?;
+                anyhow::Ok((user, k))
+            }));
+        }
+        let mut keys = Vec::new();
+        for t in tasks {
+            keys.push(t.await??);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..40u32 {
+            let c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                c.delete(&client::user(5000 + i)).await
+            }));
+        }
+        for (user, k) in &keys {
+            let (c, user, k) = (client.clone(), user.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                let got = c.recover(&user, b"batch pw").await?;
+                if *got != *k {
+                    return Err(vault_client::ClientError::Other(format!(
+                        "{user:?} recovered another key"
+                    )));
+                }
+                Err(vault_client::ClientError::NotFound)
+            }));
+        }
+        for t in tasks {
+            match t.await? {
+                Err(vault_client::ClientError::NotFound) => {}
+                other => bail!("expected NotFound (or a recovered key), got {other:?}"),
+            }
+        }
+        anyhow::Ok(keys)
+    })?;
+    ensure!(keys.len() == 12);
+    fleet.wait_converged(CONVERGE)?;
+    // The node's gauges follow its metrics loop: wait for them.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = fleet.metrics(leader)?;
+        let (entries, proposals) = (
+            metric(&m, "bkv_raft_batches_applied"),
+            metric(&m, "bkv_raft_proposals_applied"),
+        );
+        // 12 registrations, 40 deletes, 24 attempt commands, plus init.
+        if proposals >= 76 {
+            eprintln!("{proposals} proposals in {entries} log entries");
+            ensure!(
+                entries < proposals,
+                "no two commands shared an entry: {proposals} proposals, {entries} entries"
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < give_up,
+            "the leader reports {proposals} proposals applied:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn sigterm_stops_cleanly_and_the_node_restarts_with_its_data(template: &Template) -> TestResult {

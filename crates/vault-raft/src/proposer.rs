@@ -75,20 +75,39 @@ struct Pending {
 #[derive(Clone)]
 pub struct Batcher {
     queue: mpsc::Sender<Pending>,
+    /// Set by `BKV_BATCHING=off`: every proposal is its own entry, written
+    /// at once (how nodes worked before batching; for benchmarks).
+    unbatched: Option<Raft>,
 }
 
 impl Batcher {
     /// A batcher writing to `raft`. Spawns its task on the current tokio
-    /// runtime; the task ends when every clone is dropped.
+    /// runtime; the task ends when every clone is dropped. With the
+    /// environment variable `BKV_BATCHING=off`, proposals are not batched
+    /// (to measure what batching gains).
     pub fn start(raft: Raft) -> Batcher {
         let (queue, rx) = mpsc::channel(QUEUE);
+        let unbatched = (std::env::var("BKV_BATCHING").as_deref() == Ok("off")).then(|| {
+            tracing::warn!("BKV_BATCHING=off: one proposal per log entry");
+            raft.clone()
+        });
         tokio::spawn(batch_loop(raft, rx));
-        Batcher { queue }
+        Batcher { queue, unbatched }
     }
 
     /// Commits `proposal` (in a batch with whatever else is waiting) and
     /// returns its applied reply.
     pub async fn write(&self, proposal: Proposal) -> Result<Reply, WriteError> {
+        if let Some(raft) = &self.unbatched {
+            return match raft.client_write(Batch(vec![proposal])).await {
+                Ok(written) => written
+                    .data
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| WriteError::Fatal("an entry without a reply".into())),
+                Err(e) => Err(write_error(&e)),
+            };
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { proposal, reply })
