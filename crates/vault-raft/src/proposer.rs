@@ -44,11 +44,13 @@ pub trait ForwardObserver: Send + Sync + 'static {
 }
 
 /// Log entries a leader's batcher keeps in flight at once: while they
-/// commit, new proposals gather into the next batch. (Measured on the
-/// local 3-node fleet: one in flight batches more but leaves the fleet idle
-/// between commits at 20 clients; two did best; an adaptive rule, a second
-/// entry only once four proposals wait, did worse.)
-const BATCHES_IN_FLIGHT: usize = 2;
+/// commit, new proposals gather into the next batch. Measured (docs/
+/// BENCHMARKS.md): with two, recover at 20 clients on the loopback fleet
+/// gained about 10 % but a WAN fleet's commit latency rose by half at p90
+/// (proposals waited a whole WAN commit for a slot); one left the loopback
+/// fleet idle between commits; four keeps the WAN latency and most of the
+/// loopback gain.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Proposals waiting for a batch; past this, callers wait to queue.
 const QUEUE: usize = 4 * MAX_BATCH;
@@ -213,6 +215,20 @@ impl Proposer {
         let give_up = Instant::now() + self.deadline;
         let mut last = String::from("no leader known");
         loop {
+            // A follower that knows the leader forwards at once; otherwise
+            // (this node leads, or no leader is known) the batcher tries
+            // and Raft says where to go.
+            if let Some((leader, addr)) = self.known_leader_elsewhere() {
+                match self.forward(leader, &addr, &bytes, give_up).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => last = e,
+                }
+                if Instant::now() >= give_up {
+                    return Err(ProposeError::Retryable(last));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             match self.batcher.write(proposal.clone()).await {
                 Ok(reply) => return Ok(reply),
                 Err(WriteError::ForwardToLeader {
@@ -229,6 +245,16 @@ impl Proposer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The leader this node's Raft knows of, with its address, when it is
+    /// another node.
+    fn known_leader_elsewhere(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.filter(|l| *l != m.id)?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
     }
 
     async fn forward(
