@@ -32,13 +32,7 @@ while [ $# -gt 0 ]; do
 done
 
 DURATION="${DURATION:-10}"
-FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
-export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
-B="$CARGO_TARGET_DIR/debug/vault-bench"
-V="$CARGO_TARGET_DIR/debug/vaultctl"
-[ -x "$B" ] || { echo "no vault-bench: run ./scripts/fleet.sh up first (it builds everything)" >&2; exit 1; }
-"$V" cluster status --wait-converged 10 >/dev/null 2>&1 \
-  || { echo "no converged fleet: run ./scripts/fleet.sh up first" >&2; exit 1; }
+bkv_need_fleet
 OUT="$FLEET_DIR/bench"
 mkdir -p "$OUT"
 

@@ -21,13 +21,7 @@ WORKLOAD="${1:-recover}" CLIENTS="${2:-20}" SECS="${3:-10}"
 [[ "$CLIENTS" =~ ^[0-9]+$ && "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 3 ]] \
   || { echo "usage: $0 [WORKLOAD [CLIENTS [SECONDS>=3]]]" >&2; exit 2; }
 
-FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
-export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
-B="$CARGO_TARGET_DIR/debug/vault-bench"
-V="$CARGO_TARGET_DIR/debug/vaultctl"
-[ -x "$B" ] || { echo "no vault-bench: run ./scripts/fleet.sh up first" >&2; exit 1; }
-"$V" cluster status --wait-converged 10 >/dev/null 2>&1 \
-  || { echo "no converged fleet: run ./scripts/fleet.sh up first" >&2; exit 1; }
+bkv_need_fleet
 if ! command -v perf >/dev/null || ! perf --version >/dev/null 2>&1; then
   BKV_PACKAGES=(linux-perf)
   bkv_ensure_packages

@@ -45,3 +45,16 @@ bkv_build_all() {
   mv "$d/vault-node-unsafe-ke2.tmp" "$d/vault-node-unsafe-ke2"
   cargo build --workspace --all-targets --locked
 }
+
+# For bench.sh and profile.sh: sets FLEET_DIR, exports the fleet dir and
+# file for vault-bench and vaultctl, sets B (vault-bench) and V (vaultctl),
+# and exits 1 with advice unless the local fleet is up and converged.
+bkv_need_fleet() {
+  FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
+  export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
+  B="$CARGO_TARGET_DIR/debug/vault-bench"
+  V="$CARGO_TARGET_DIR/debug/vaultctl"
+  [ -x "$B" ] || { echo "no vault-bench: run ./scripts/fleet.sh up first (it builds everything)" >&2; exit 1; }
+  "$V" cluster status --wait-converged 10 >/dev/null 2>&1 \
+    || { echo "no converged fleet: run ./scripts/fleet.sh up first" >&2; exit 1; }
+}

@@ -224,6 +224,9 @@ async fn register_pools(
     Ok(pools)
 }
 
+/// Longer than the nodes' metrics refresh (200 ms).
+const GAUGE_REFRESH: Duration = Duration::from_millis(300);
+
 /// The storage counters of every node, from their `/metrics`:
 /// (synced writes, log entries appended, log appends, batches applied,
 /// proposals applied) by node id.
@@ -439,6 +442,9 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
     }));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Nodes refresh these gauges every 200 ms: let them catch up with the
+    // registrations above, and below with the run's last operations.
+    std::thread::sleep(GAUGE_REFRESH);
     let storage0 = storage_counters(fleet);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
@@ -446,17 +452,21 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
     let limit = args.ops.unwrap_or(u64::MAX);
 
     let running = Arc::new(AtomicU64::new(users.len() as u64));
+    // When the last worker finished (µs after start): the run's length,
+    // also when the delete pools run out between two progress lines.
+    let finished_at = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = users
         .into_iter()
         .zip(pools)
         .enumerate()
         .map(|(w, (user, mut pool))| {
-            let (client, totals, done, stop, running) = (
+            let (client, totals, done, stop, running, finished_at) = (
                 client.clone(),
                 totals.clone(),
                 done.clone(),
                 stop.clone(),
                 running.clone(),
+                finished_at.clone(),
             );
             let workload = args.workload;
             rt.spawn(async move {
@@ -515,6 +525,7 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
+                finished_at.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                 running.fetch_sub(1, Ordering::Relaxed);
             })
         })
@@ -525,9 +536,13 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
         && !stop.load(Ordering::Relaxed)
         && running.load(Ordering::Relaxed) > 0
     {
-        std::thread::sleep(
-            Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
-        );
+        // A progress line every second; checking every 50 ms whether the
+        // workers are done (delete pools can run out within a second).
+        let tick = Instant::now()
+            + Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now()));
+        while Instant::now() < tick && running.load(Ordering::Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let now = done.load(Ordering::Relaxed);
         eprintln!(
             "  {:>5.1} s  {:>8} ops  {:>7} ops/s",
@@ -543,13 +558,14 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
             let _ = w.await;
         }
     });
-    let wall = start.elapsed().as_secs_f64();
+    let wall = (finished_at.load(Ordering::Relaxed) as f64 / 1e6).max(1e-6);
     let cpu = cpu_seconds() - cpu0;
     if args.workload == Workload::Delete && wall + 0.5 < args.duration as f64 {
         eprintln!(
             "the delete pools ran out after {wall:.1} s (--pool {per_worker}); throughput is over that time"
         );
     }
+    std::thread::sleep(GAUGE_REFRESH);
     let storage1 = storage_counters(fleet);
     // Per node: fsyncs per appended log entry, and entries per log append
     // (how many entries share one fsync: the group-commit factor).

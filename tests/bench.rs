@@ -1,0 +1,147 @@
+//! `vault-bench` end to end: it starts a fleet of its own (`--spawn
+//! local-3`, real SoftHSM tokens and node processes), measures this
+//! machine's ceilings in a throwaway token, runs workloads, writes its JSON
+//! summary, and leaves no node or fleet directory behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bench() -> PathBuf {
+    vault_testkit::Bins::locate()
+        .expect("built binaries")
+        .vault_node
+        .with_file_name("vault-bench")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bench())
+        .args(args)
+        // Not the developer's own fleet: --spawn makes its own.
+        .env_remove("BKV_FLEET_DIR")
+        .env_remove("BKV_FLEET_CONFIG")
+        .output()
+        .expect("run vault-bench")
+}
+
+fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the JSON summary")).expect("JSON")
+}
+
+/// The spawned fleet's directory, from the progress output; checks that it
+/// is gone and that no process still runs from it.
+fn assert_fleet_gone(stderr: &str) {
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet up in "))
+        .unwrap_or_else(|| panic!("no fleet directory in:\n{stderr}"));
+    assert!(!Path::new(dir).exists(), "{dir} left behind");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !cmdline.contains(dir),
+            "a process still runs from {dir}: {cmdline}"
+        );
+    }
+}
+
+#[test]
+fn delete_on_a_spawned_fleet_with_the_ceilings() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let json = out_dir.path().join("delete.json");
+    let out = run(&[
+        "--spawn",
+        "local-3",
+        "--workload",
+        "delete",
+        "--concurrency",
+        "2",
+        "--pool",
+        "5",
+        "--ceiling",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v = summary(&json);
+    assert_eq!(v["workload"], "delete", "{v:#}");
+    assert_eq!(
+        v["ok"], 10,
+        "two workers delete their five users each: {v:#}"
+    );
+    assert_eq!(v["errors"], 0, "{v:#}");
+    for field in [
+        "ceiling_single_core_opaque_logins_per_s",
+        "ceiling_single_core_hsm_unseals_per_s",
+        "fraction_of_two_core_opaque_ceiling",
+        "throughput_per_s",
+    ] {
+        assert!(v[field].as_f64().is_some_and(|x| x > 0.0), "{field}: {v:#}");
+    }
+    let nodes = v["storage_by_node"].as_object().expect("storage_by_node");
+    assert_eq!(nodes.len(), 3, "{v:#}");
+    for n in nodes.values() {
+        assert!(
+            n["proposals_per_entry"].as_f64().is_some_and(|x| x >= 1.0),
+            "{v:#}"
+        );
+    }
+    assert!(stdout.contains("SoftHSM unseals/s on one core"), "{stdout}");
+    assert_fleet_gone(&stderr);
+}
+
+#[test]
+fn mixed_on_a_spawned_fleet_stops_after_the_operation_count() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let json = out_dir.path().join("mixed.json");
+    let out = run(&[
+        "--spawn",
+        "local-3",
+        "--workload",
+        "mixed",
+        "--concurrency",
+        "2",
+        "--ops",
+        "22",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v = summary(&json);
+    // Two workers each finish the operation they are in when the count is
+    // reached, so it may end one or two past it.
+    let total = v["ok"].as_u64().unwrap_or(0) + v["errors"].as_u64().unwrap_or(0);
+    assert!((22..=24).contains(&total), "{v:#}");
+    assert_eq!(v["errors"], 0, "{v:#}");
+    let p50 = v["latency_ms"]["p50"].as_f64().unwrap_or(0.0);
+    let p99 = v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    assert!(p50 > 0.0 && p99 >= p50, "{v:#}");
+    assert_fleet_gone(&stderr);
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_starts() {
+    for (args, code, says) in [
+        (
+            &["--spawn", "local-9"][..],
+            1,
+            "expected local-N with N from 1 to 7",
+        ),
+        (&["--spawn", "remote"][..], 1, "expected local-N"),
+        (
+            &["--concurrency", "0", "--spawn", "local-3"][..],
+            1,
+            "at least 1",
+        ),
+        (&["--workload", "nope"][..], 2, "invalid value"),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("fleet up in"), "{args:?}: {stderr}");
+    }
+}
