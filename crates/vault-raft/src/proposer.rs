@@ -218,27 +218,19 @@ impl Proposer {
             // A follower that knows the leader forwards at once; otherwise
             // (this node leads, or no leader is known) the batcher tries
             // and Raft says where to go.
-            if let Some((leader, addr)) = self.known_leader_elsewhere() {
+            let forward_to = match self.known_leader_elsewhere() {
+                Some(leader) => Some(leader),
+                None => match self.batcher.write(proposal.clone()).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(WriteError::ForwardToLeader { leader }) => leader,
+                    Err(WriteError::Fatal(e)) => return Err(ProposeError::Fatal(e)),
+                },
+            };
+            if let Some((leader, addr)) = forward_to {
                 match self.forward(leader, &addr, &bytes, give_up).await {
                     Ok(reply) => return Ok(reply),
                     Err(e) => last = e,
                 }
-                if Instant::now() >= give_up {
-                    return Err(ProposeError::Retryable(last));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            match self.batcher.write(proposal.clone()).await {
-                Ok(reply) => return Ok(reply),
-                Err(WriteError::ForwardToLeader {
-                    leader: Some((leader, addr)),
-                }) => match self.forward(leader, &addr, &bytes, give_up).await {
-                    Ok(reply) => return Ok(reply),
-                    Err(e) => last = e,
-                },
-                Err(WriteError::ForwardToLeader { leader: None }) => {}
-                Err(WriteError::Fatal(e)) => return Err(ProposeError::Fatal(e)),
             }
             if Instant::now() >= give_up {
                 return Err(ProposeError::Retryable(last));

@@ -45,11 +45,30 @@ pub enum CodecError {
     },
 }
 
-#[derive(Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct ProposalV1 {
     request: Option<RequestMeta>,
     at: Timestamp,
     command: Command,
+}
+
+/// A proposal as [`ProposalV1`] writes it, borrowed: the same bytes, with
+/// no copy of the command (a registration's sealed record) per encoding.
+#[derive(Serialize)]
+struct ProposalV1Ref<'a> {
+    request: Option<RequestMeta>,
+    at: Timestamp,
+    command: &'a Command,
+}
+
+impl<'a> From<&'a Proposal> for ProposalV1Ref<'a> {
+    fn from(p: &'a Proposal) -> ProposalV1Ref<'a> {
+        ProposalV1Ref {
+            request: p.request,
+            at: p.at,
+            command: &p.command,
+        }
+    }
 }
 
 /// Encodes a versioned value.
@@ -82,14 +101,7 @@ pub fn decode<T: DeserializeOwned>(
 
 /// The bytes of a proposal.
 pub fn encode_proposal(p: &Proposal) -> Result<Vec<u8>, CodecError> {
-    encode(
-        PROPOSAL_V1,
-        &ProposalV1 {
-            request: p.request,
-            at: p.at,
-            command: p.command.clone(),
-        },
-    )
+    encode(PROPOSAL_V1, &ProposalV1Ref::from(p))
 }
 
 /// A proposal from its bytes.
@@ -111,14 +123,7 @@ impl From<ProposalV1> for Proposal {
 /// The bytes of a log entry's batch: version [`BATCH_V2`], then the
 /// proposals in order, each as in version 1.
 pub fn encode_batch(b: &Batch) -> Result<Vec<u8>, CodecError> {
-    let items: Vec<ProposalV1> =
-        b.0.iter()
-            .map(|p| ProposalV1 {
-                request: p.request,
-                at: p.at,
-                command: p.command.clone(),
-            })
-            .collect();
+    let items: Vec<ProposalV1Ref<'_>> = b.0.iter().map(ProposalV1Ref::from).collect();
     encode(BATCH_V2, &items)
 }
 
