@@ -130,7 +130,7 @@ async fn a_corrupt_snapshot_is_refused_before_anything_changes() {
 #[tokio::test]
 async fn state_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
+    let written = {
         let (mut log, mut sm) = vault_storage::open(dir.path()).expect("open");
         log.blocking_append((1..=50).map(|i| entry(i, workload(i))))
             .await
@@ -138,8 +138,23 @@ async fn state_survives_restart() {
         sm.apply((1..=50).map(|i| entry(i, workload(i))))
             .await
             .expect("apply");
-    }
+        // Handed to the background writer, written before the store closes.
+        log.save_committed(Some(common::log_id(1, 50)))
+            .await
+            .expect("save committed");
+        // Read back from memory (the recent-entries cache) before the restart.
+        log.try_get_log_entries(1..=50).await.expect("read")
+    };
     let (mut log, mut sm) = vault_storage::open(dir.path()).expect("reopen");
+    assert_eq!(
+        log.read_committed().await.expect("read committed"),
+        Some(common::log_id(1, 50))
+    );
+    // From disk now: the same entries.
+    assert_eq!(
+        log.try_get_log_entries(1..=50).await.expect("read"),
+        written
+    );
     assert_eq!(sm.reader().digest(), (Some(50), reference_digest(50)));
     assert_eq!(
         sm.applied_state()
