@@ -1,6 +1,5 @@
 //! The Raft log and Raft metadata (vote, committed, last purged).
 
-use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
@@ -21,98 +20,6 @@ use crate::{Entry, TypeConfig};
 pub struct LogStore {
     db: Arc<Db>,
     commit: Arc<GroupCommit>,
-    recent: Arc<Mutex<RecentEntries>>,
-}
-
-/// Entries kept in memory at most (and [`RECENT_BYTES`] of them encoded).
-const RECENT_ENTRIES: usize = 4096;
-/// Encoded bytes of the entries kept in memory at most.
-const RECENT_BYTES: usize = 32 << 20;
-
-/// The newest log entries, kept in memory so that a leader's replication
-/// does not read back from RocksDB (a blocking-pool round trip and a decode
-/// per entry) what it has just written. Always a contiguous suffix of the
-/// log: appends add at its end, a truncation removes a suffix of both,
-/// purging and eviction remove a prefix. So a range that starts inside it
-/// is answered from it alone, exactly as RocksDB would; any other range
-/// goes to RocksDB. Empty after a restart.
-#[derive(Debug, Default)]
-struct RecentEntries {
-    /// Entries in index order, each with its encoded size.
-    entries: VecDeque<(Entry, usize)>,
-    bytes: usize,
-}
-
-impl RecentEntries {
-    fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(|(e, _)| e.get_log_id().index)
-    }
-
-    fn last_index(&self) -> Option<u64> {
-        self.entries.back().map(|(e, _)| e.get_log_id().index)
-    }
-
-    /// Entries just written at the end of the log. Anything else (a gap,
-    /// an overwrite without truncation) empties the cache, which is always
-    /// safe: readers then go to RocksDB.
-    fn push(&mut self, entry: Entry, size: usize) {
-        let index = entry.get_log_id().index;
-        if self
-            .last_index()
-            .is_some_and(|last| last.checked_add(1) != Some(index))
-        {
-            self.entries.clear();
-            self.bytes = 0;
-        }
-        self.entries.push_back((entry, size));
-        self.bytes += size;
-        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
-            let Some((_, size)) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= size;
-        }
-    }
-
-    /// Drops entries from `index` on (a truncation).
-    fn truncate(&mut self, index: u64) {
-        while self.last_index().is_some_and(|last| last >= index) {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
-            }
-        }
-    }
-
-    /// Drops entries up to and including `index` (a purge).
-    fn purge(&mut self, index: u64) {
-        while self.first_index().is_some_and(|first| first <= index) {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
-            }
-        }
-    }
-
-    /// Entries `start..end` (to the end of the log when `end` is `None`),
-    /// if the cache holds all of them.
-    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
-        let first = self.first_index()?;
-        let last = self.last_index()?;
-        if start < first {
-            return None;
-        }
-        let stop = end.map_or(last.saturating_add(1), |e| e.min(last.saturating_add(1)));
-        if start >= stop {
-            return Some(Vec::new());
-        }
-        let from = usize::try_from(start - first).ok()?;
-        let to = usize::try_from(stop - first).ok()?;
-        Some(
-            self.entries
-                .range(from..to)
-                .map(|(e, _)| e.clone())
-                .collect(),
-        )
-    }
 }
 
 /// What to run once an append is on disk.
@@ -235,15 +142,7 @@ fn index_key(index: u64) -> [u8; 8] {
 impl LogStore {
     pub(crate) fn new(db: Arc<Db>) -> Result<Self, StoreError> {
         let commit = Arc::new(GroupCommit::start(db.clone())?);
-        Ok(LogStore {
-            db,
-            commit,
-            recent: Arc::default(),
-        })
-    }
-
-    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        Ok(LogStore { db, commit })
     }
 
     fn read_range(db: &Db, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -331,9 +230,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
-        if let Some(entries) = self.recent().get(start, end) {
-            return Ok(entries);
-        }
         let db = self.db.clone();
         blocking(move || Self::read_range(&db, start, end))
             .await
@@ -417,18 +313,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = WriteBatch::default();
-        let cf_entries: Vec<(u64, Vec<u8>)> = {
-            let mut recent = self.recent();
-            entries
-                .into_iter()
-                .map(|e| {
-                    let framed = encode_framed(&e);
-                    let index = e.get_log_id().index;
-                    recent.push(e, framed.len());
-                    (index, framed)
-                })
-                .collect()
-        };
+        let cf_entries: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.get_log_id().index, encode_framed(&e)))
+            .collect();
         let db = self.db.clone();
         let count = cf_entries.len() as u64;
         let result = blocking(move || {
@@ -464,7 +352,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.recent().truncate(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
@@ -477,7 +364,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.recent().purge(log_id.index);
         let db = self.db.clone();
         let marker = encode_framed(&log_id);
         blocking(move || {
@@ -495,113 +381,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(io_err(StorageIOError::write_logs))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn entry(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    fn indexes(entries: &[Entry]) -> Vec<u64> {
-        entries.iter().map(|e| e.get_log_id().index).collect()
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Append(u64),
-        Truncate(u64),
-        Purge(u64),
-        Read(u64, Option<u64>),
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (1u64..5).prop_map(Op::Append),
-            (0u64..40).prop_map(Op::Truncate),
-            (0u64..40).prop_map(Op::Purge),
-            (0u64..40, proptest::option::of(0u64..45)).prop_map(|(s, e)| Op::Read(s, e)),
-        ]
-    }
-
-    proptest! {
-        /// Against a model of the whole log (on disk: entries 1..=5 before
-        /// the cache saw any), every answer the cache gives is the log's
-        /// own, and every range that starts inside it is answered.
-        #[test]
-        fn answers_exactly_what_the_log_holds(ops in proptest::collection::vec(op(), 1..80)) {
-            let mut log: Vec<u64> = (1..=5).collect();
-            let mut cache = RecentEntries::default();
-            for op in ops {
-                match op {
-                    Op::Append(n) => {
-                        for _ in 0..n {
-                            let next = log.last().map_or(1, |l| l + 1);
-                            log.push(next);
-                            cache.push(entry(next), 1);
-                        }
-                    }
-                    Op::Truncate(i) => {
-                        log.retain(|&x| x < i);
-                        cache.truncate(i);
-                    }
-                    Op::Purge(i) => {
-                        log.retain(|&x| x > i);
-                        cache.purge(i);
-                    }
-                    Op::Read(start, end) => {
-                        let want: Vec<u64> = log
-                            .iter()
-                            .copied()
-                            .filter(|&x| x >= start && end.is_none_or(|e| x < e))
-                            .collect();
-                        match cache.get(start, end) {
-                            Some(got) => prop_assert_eq!(indexes(&got), want),
-                            None => prop_assert!(
-                                cache.first_index().is_none_or(|f| start < f),
-                                "a range from {} was not answered from {:?}",
-                                start,
-                                cache.first_index()
-                            ),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn stays_within_its_bounds() {
-        let mut cache = RecentEntries::default();
-        let n = RECENT_ENTRIES as u64 + 100;
-        for i in 1..=n {
-            cache.push(entry(i), 10);
-        }
-        assert_eq!(cache.entries.len(), RECENT_ENTRIES);
-        assert_eq!(cache.first_index(), Some(101));
-        assert_eq!(cache.bytes, RECENT_ENTRIES * 10);
-        assert!(
-            cache.get(100, None).is_none(),
-            "evicted entries come from disk"
-        );
-        assert_eq!(cache.get(n, None).map(|v| indexes(&v)), Some(vec![n]));
-        // Two entries that together pass the byte bound: the older goes.
-        cache.push(entry(n + 1), RECENT_BYTES / 2 + 1);
-        cache.push(entry(n + 2), RECENT_BYTES / 2 + 1);
-        assert_eq!(cache.first_index(), Some(n + 2));
-        assert_eq!(cache.bytes, RECENT_BYTES / 2 + 1);
-        // A gap empties it rather than leave a hole.
-        cache.push(entry(n + 5), 1);
-        assert_eq!(cache.first_index(), Some(n + 5));
-        assert_eq!(cache.entries.len(), 1);
     }
 }

@@ -142,7 +142,7 @@ async fn state_survives_restart() {
         log.save_committed(Some(common::log_id(1, 50)))
             .await
             .expect("save committed");
-        // Read back from memory (the recent-entries cache) before the restart.
+        // Read before the restart, to compare with what is read after it.
         log.try_get_log_entries(1..=50).await.expect("read")
     };
     let (mut log, mut sm) = vault_storage::open(dir.path()).expect("reopen");
