@@ -27,6 +27,40 @@ fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("the JSON summary")).expect("JSON")
 }
 
+/// What a successful `--spawn local-3` run with two clients left: its JSON
+/// summary and its output.
+struct SpawnedRun {
+    summary: serde_json::Value,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `workload` on a fleet vault-bench spawns, with two clients and
+/// `args`, and checks that it succeeded.
+fn run_spawned(workload: &str, args: &[&str]) -> SpawnedRun {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let json = out_dir.path().join("summary.json");
+    let mut all = vec![
+        "--spawn",
+        "local-3",
+        "--workload",
+        workload,
+        "--concurrency",
+        "2",
+    ];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", json.to_str().expect("utf-8 path")]);
+    let out = run(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    SpawnedRun {
+        summary: summary(&json),
+        stdout,
+        stderr,
+    }
+}
+
 /// The spawned fleet's directory, from the progress output; checks that it
 /// is gone and that no process still runs from it.
 fn assert_fleet_gone(stderr: &str) {
@@ -47,25 +81,11 @@ fn assert_fleet_gone(stderr: &str) {
 
 #[test]
 fn delete_on_a_spawned_fleet_with_the_ceilings() {
-    let out_dir = tempfile::tempdir().expect("tempdir");
-    let json = out_dir.path().join("delete.json");
-    let out = run(&[
-        "--spawn",
-        "local-3",
-        "--workload",
-        "delete",
-        "--concurrency",
-        "2",
-        "--pool",
-        "5",
-        "--ceiling",
-        "--json",
-        json.to_str().expect("utf-8 path"),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v = summary(&json);
+    let SpawnedRun {
+        summary: v,
+        stdout,
+        stderr,
+    } = run_spawned("delete", &["--pool", "5", "--ceiling"]);
     assert_eq!(v["workload"], "delete", "{v:#}");
     assert_eq!(
         v["ok"], 10,
@@ -94,23 +114,9 @@ fn delete_on_a_spawned_fleet_with_the_ceilings() {
 
 #[test]
 fn mixed_on_a_spawned_fleet_stops_after_the_operation_count() {
-    let out_dir = tempfile::tempdir().expect("tempdir");
-    let json = out_dir.path().join("mixed.json");
-    let out = run(&[
-        "--spawn",
-        "local-3",
-        "--workload",
-        "mixed",
-        "--concurrency",
-        "2",
-        "--ops",
-        "22",
-        "--json",
-        json.to_str().expect("utf-8 path"),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v = summary(&json);
+    let SpawnedRun {
+        summary: v, stderr, ..
+    } = run_spawned("mixed", &["--ops", "22"]);
     // Two workers each finish the operation they are in when the count is
     // reached, so it may end one or two past it.
     let total = v["ok"].as_u64().unwrap_or(0) + v["errors"].as_u64().unwrap_or(0);
