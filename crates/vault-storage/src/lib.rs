@@ -7,10 +7,12 @@
 //!
 //! Invariants it keeps:
 //! - votes and log appends are synced to disk before openraft is told they
-//!   are done; each append is one write batch and one fsync, however many
-//!   entries openraft hands it (group commit);
+//!   are done; each append is one write batch, and one fsync serves every
+//!   append written since the last (group commit);
 //! - the state machine writes the changed state keys, `last_applied` and the
-//!   membership in one atomic, synced write batch;
+//!   membership in one atomic write batch, not synced (what it applies is
+//!   durable in the log); the writes of the log and the state machine go
+//!   through one writer thread, in order, and stop at the first failure;
 //! - a snapshot is read from one RocksDB snapshot (state and the applied index
 //!   it claims, consistently), written to a temporary file, synced and
 //!   renamed; installing one replaces the state in one atomic batch;
@@ -18,12 +20,14 @@
 //!   carries a format marker checked on open. Corruption and unknown formats
 //!   are errors that say so, never a panic or a silent reset.
 //!
-//! RocksDB calls run on tokio's blocking pool, never on the async runtime.
+//! RocksDB calls run on the writer thread or tokio's blocking pool, never on
+//! the async runtime.
 
 mod db;
 mod log_store;
 mod snapshot;
 mod state_machine;
+mod writer;
 
 pub use db::{FORMAT_MARKER, StorageStats, StoreError};
 pub use log_store::LogStore;
@@ -44,7 +48,8 @@ pub fn open_with_dedup_capacity(
     dedup_capacity: usize,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = std::sync::Arc::new(db::Db::open(dir)?);
-    let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::open(db, dir.join("snapshots"), dedup_capacity)?;
+    let writer = std::sync::Arc::new(writer::Writer::start(db.clone())?);
+    let log = LogStore::new(db.clone(), writer.clone());
+    let sm = StateMachineStore::open(db, writer, dir.join("snapshots"), dedup_capacity)?;
     Ok((log, sm))
 }

@@ -12,127 +12,32 @@ use crate::db::{
     CF_LOGS, CF_META, Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, StoreError, blocking,
     decode_framed, encode_framed, io_err,
 };
+use crate::writer::{Done, Writer};
 use crate::{Entry, TypeConfig};
 
 /// The Raft log of one node. Clones share the database; openraft uses one
 /// as the writer and clones as readers for replication.
+///
+/// An append hands its batch to the database's [`Writer`] thread and
+/// returns; the thread writes it, fsyncs the write-ahead log once for
+/// everything written since its last fsync, and only then tells openraft
+/// the entries are persisted (group commit: under load, many appends share
+/// an fsync). Reads first wait until every queued write is in, so an entry
+/// is readable as soon as its append returns. RocksDB's write-ahead log is
+/// one ordered file for every column family, so an fsync makes every
+/// earlier write durable, not only the log's.
+///
+/// The committed log id that openraft reports after each commit (a hint for
+/// restarts, not synced) goes to the same thread: openraft's core waits for
+/// `save_committed`, so it only hands the value over and goes on.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
-    commit: Arc<GroupCommit>,
-}
-
-/// What to run once an append is on disk.
-type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
-
-/// Work for the log's background thread.
-enum Job {
-    /// Fsync the write-ahead log, then run this.
-    Flush(Done),
-    /// Write this committed log id (framed) as the restart hint.
-    Committed(Vec<u8>),
-}
-
-/// Group commit of the Raft log. An append writes its entries to RocksDB
-/// without waiting for the disk and queues its completion here; one thread
-/// fsyncs the write-ahead log for everything queued since its last fsync,
-/// then completes them all. While one fsync runs, the appends that arrive
-/// meanwhile (client writes on a leader) wait together for the next one, so
-/// under load many entries share an fsync. openraft treats an entry as
-/// persisted only when its completion reports success.
-///
-/// RocksDB's write-ahead log is one ordered file for every column family, so
-/// an fsync makes every earlier write durable, not only the log's.
-///
-/// The same thread writes the committed log id that openraft reports after
-/// each commit (a hint for restarts, not synced): openraft's core waits for
-/// `save_committed`, so it only hands the value over and goes on, and of
-/// several queued values only the newest is written.
-struct GroupCommit {
-    queue: Option<std::sync::mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    writer: Arc<Writer>,
     /// The newest committed log id saved by this process (`None` before
     /// the first): what `read_committed` answers, whether or not the
     /// thread has written it yet.
-    committed: Mutex<Option<Option<LogId<u64>>>>,
-}
-
-impl Debug for GroupCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCommit").finish_non_exhaustive()
-    }
-}
-
-impl Drop for GroupCommit {
-    /// Closes the queue and waits for the thread to finish what is queued
-    /// and let go of the database, so that the directory can be opened
-    /// again as soon as the last store is dropped.
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl GroupCommit {
-    fn start(db: Arc<Db>) -> Result<GroupCommit, StoreError> {
-        let (queue, waiting) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-fsync".into())
-            .spawn(move || {
-                // Ends when the last LogStore clone (the last sender) drops.
-                while let Ok(first) = waiting.recv() {
-                    let mut batch = Vec::new();
-                    let mut hint = None;
-                    for job in std::iter::once(first).chain(waiting.try_iter()) {
-                        match job {
-                            Job::Flush(done) => batch.push(done),
-                            Job::Committed(framed) => hint = Some(framed),
-                        }
-                    }
-                    if let Some(framed) = hint {
-                        let mut write = WriteBatch::default();
-                        write.put_cf(db.cf(CF_META), KEY_COMMITTED, framed);
-                        // Only a hint for faster restarts: losing it is safe.
-                        if let Err(e) = db.write(write, false) {
-                            tracing::warn!("save the committed log id: {e}");
-                        }
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let synced = db.rocks.flush_wal(true);
-                    db.stats
-                        .synced_writes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    for done in batch {
-                        done(match &synced {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(std::io::Error::other(format!("fsync the log: {e}"))),
-                        });
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Task(format!("start the log fsync thread: {e}")))?;
-        Ok(GroupCommit {
-            queue: Some(queue),
-            thread: Some(thread),
-            committed: Mutex::new(None),
-        })
-    }
-
-    /// Queues `job`; gives it back when the thread is gone.
-    fn send(&self, job: Job) -> Result<(), Job> {
-        match &self.queue {
-            Some(q) => q.send(job).map_err(|unsent| unsent.0),
-            None => Err(job),
-        }
-    }
-}
-
-fn gone() -> StoreError {
-    StoreError::Task("the log fsync thread is gone".into())
+    committed: Arc<Mutex<Option<Option<LogId<u64>>>>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -140,9 +45,12 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>) -> Result<Self, StoreError> {
-        let commit = Arc::new(GroupCommit::start(db.clone())?);
-        Ok(LogStore { db, commit })
+    pub(crate) fn new(db: Arc<Db>, writer: Arc<Writer>) -> Self {
+        LogStore {
+            db,
+            writer,
+            committed: Arc::default(),
+        }
     }
 
     fn read_range(db: &Db, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
@@ -195,9 +103,10 @@ impl LogStore {
         value: &T,
         sync: bool,
     ) -> Result<(), StoreError> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         let framed = encode_framed(value);
         blocking(move || {
+            writer.caught_up()?;
             let mut batch = WriteBatch::default();
             batch.put_cf(db.cf(CF_META), key, framed);
             db.write(batch, sync)
@@ -230,10 +139,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
-        let db = self.db.clone();
-        blocking(move || Self::read_range(&db, start, end))
-            .await
-            .map_err(io_err(StorageIOError::read_logs))
+        let (db, writer) = (self.db.clone(), self.writer.clone());
+        blocking(move || {
+            writer.caught_up()?;
+            Self::read_range(&db, start, end)
+        })
+        .await
+        .map_err(io_err(StorageIOError::read_logs))
     }
 }
 
@@ -241,8 +153,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         blocking(move || {
+            writer.caught_up()?;
             let last_purged: Option<LogId<u64>> =
                 db.get(CF_META, "last purged log id", KEY_LAST_PURGED)?;
             let last = Self::last_entry_id(&db)?.or(last_purged);
@@ -277,22 +190,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
         // Only a hint for faster restarts: written in the background.
-        *self
-            .commit
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(committed);
-        self.commit
-            .send(Job::Committed(encode_framed(&committed)))
-            .map_err(|_| io_err(StorageIOError::write)(gone()))
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        self.writer
+            .committed(encode_framed(&committed))
+            .map_err(io_err(StorageIOError::write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        let saved = *self
-            .commit
-            .committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let saved = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(committed) = saved {
             return Ok(committed);
         }
@@ -313,47 +218,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = WriteBatch::default();
-        let cf_entries: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| (e.get_log_id().index, encode_framed(&e)))
-            .collect();
-        let db = self.db.clone();
-        let count = cf_entries.len() as u64;
-        let result = blocking(move || {
-            db.stats
-                .log_entries_appended
-                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-            db.stats
-                .log_appends
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for (index, value) in cf_entries {
-                batch.put_cf(db.cf(CF_LOGS), index_key(index), value);
-            }
-            // Written now, on disk at the group commit's next fsync.
-            db.write(batch, false)
-        })
-        .await;
-        match result {
-            Ok(()) => {
-                let done: Done = Box::new(move |r| callback.log_io_completed(r));
-                if let Err(unsent) = self.commit.send(Job::Flush(done)) {
-                    if let Job::Flush(done) = unsent {
-                        done(Err(std::io::Error::other("the log fsync thread is gone")));
-                    }
-                    return Err(io_err(StorageIOError::write_logs)(gone()));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(StorageIOError::write_logs)(e))
-            }
+        let mut count = 0;
+        for entry in entries {
+            let index = entry.get_log_id().index;
+            batch.put_cf(self.db.cf(CF_LOGS), index_key(index), encode_framed(&entry));
+            count += 1;
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.db.stats.log_entries_appended.fetch_add(count, Relaxed);
+        self.db.stats.log_appends.fetch_add(1, Relaxed);
+        // Written by the writer thread, on disk at its next fsync, and
+        // readable before that: reads wait for the writer to catch up.
+        let done: Done = Box::new(move |r| callback.log_io_completed(r));
+        self.writer
+            .append(batch, done)
+            .map_err(io_err(StorageIOError::write_logs))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         blocking(move || {
+            // After every append queued before it.
+            writer.caught_up()?;
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
             batch.delete_cf(db.cf(CF_LOGS), index_key(u64::MAX));
@@ -364,9 +250,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         let marker = encode_framed(&log_id);
         blocking(move || {
+            // After every apply queued before it: the log is never purged
+            // past an apply that is not written.
+            writer.caught_up()?;
             let mut batch = WriteBatch::default();
             // The purge marker and the deletion go together, so the log
             // state never claims entries that are gone or hides ones that

@@ -18,6 +18,7 @@ use crate::db::{
     encode_framed, frame, io_err, unframe,
 };
 use crate::snapshot;
+use crate::writer::Writer;
 use crate::{Entry, TypeConfig};
 
 /// The in-memory copy of what the state column family holds.
@@ -34,6 +35,7 @@ struct Applied {
 #[derive(Debug)]
 pub struct StateMachineStore {
     db: Arc<Db>,
+    writer: Arc<Writer>,
     snapshot_dir: PathBuf,
     dedup_capacity: usize,
     applied: Arc<RwLock<Applied>>,
@@ -91,6 +93,7 @@ fn load_state(db: &Db, dedup_capacity: usize) -> Result<VaultState, StoreError> 
 impl StateMachineStore {
     pub(crate) fn open(
         db: Arc<Db>,
+        writer: Arc<Writer>,
         snapshot_dir: PathBuf,
         dedup_capacity: usize,
     ) -> Result<Self, StoreError> {
@@ -101,6 +104,7 @@ impl StateMachineStore {
         let state = load_state(&db, dedup_capacity)?;
         Ok(StateMachineStore {
             db,
+            writer,
             snapshot_dir,
             dedup_capacity,
             applied: Arc::new(RwLock::new(Applied {
@@ -133,6 +137,7 @@ impl StateMachineStore {
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     db: Arc<Db>,
+    writer: Arc<Writer>,
     snapshot_dir: PathBuf,
     snapshot_file: Arc<Mutex<()>>,
 }
@@ -156,13 +161,16 @@ fn save_if_newer(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (db, dir, lock) = (
+        let (db, writer, dir, lock) = (
             self.db.clone(),
+            self.writer.clone(),
             self.snapshot_dir.clone(),
             self.snapshot_file.clone(),
         );
         blocking(move || {
             let started = std::time::Instant::now();
+            // Every apply queued before this build is in the view.
+            writer.caught_up()?;
             // One RocksDB snapshot: the state and the applied id it claims
             // are read at the same sequence number.
             let view = db.rocks.snapshot();
@@ -285,16 +293,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 encode_framed(&a.membership),
             );
         }
-        let db = self.db.clone();
-        // The state, last_applied and membership land together or not at all.
-        // No fsync of its own: the entries applied are committed, so durable
-        // in the log; after a crash the lost tail of applies is applied again
-        // from the log. The write-ahead log is ordered, so this write is on
-        // disk before any later synced write (the next log fsync, a purge of
-        // the log, a snapshot install): the log is never purged past an
-        // apply that could be lost.
-        blocking(move || db.write(batch, false))
-            .await
+        // The state, last_applied and membership land together or not at all,
+        // written by the database's writer thread; nobody waits for it (the
+        // answers come from memory). No fsync of its own: the entries
+        // applied are committed, so durable in the log; after a crash the
+        // lost tail of applies is applied again from the log. The writer
+        // keeps order and stops at its first failure, and the write-ahead
+        // log is ordered, so this write is on disk before any later synced
+        // write (the next log fsync, a purge of the log, which also waits
+        // for the writer, a snapshot install): the log is never purged past
+        // an apply that could be lost.
+        self.writer
+            .apply(batch)
             .map_err(io_err(StorageIOError::write_state_machine))?;
         Ok(replies)
     }
@@ -302,6 +312,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            writer: self.writer.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             snapshot_file: self.snapshot_file.clone(),
         }
@@ -319,8 +330,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = snapshot.into_inner();
-        let (db, dir, lock, cap) = (
+        let (db, writer, dir, lock, cap) = (
             self.db.clone(),
+            self.writer.clone(),
             self.snapshot_dir.clone(),
             self.snapshot_file.clone(),
             self.dedup_capacity,
@@ -328,6 +340,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = meta.clone();
         let (state, meta) = blocking(move || {
             let started = std::time::Instant::now();
+            // No queued apply may land on top of the installed state.
+            writer.caught_up()?;
             let decoded = snapshot::decode(&bytes)?;
             if decoded.meta.last_log_id != meta.last_log_id
                 || decoded.meta.last_membership != meta.last_membership

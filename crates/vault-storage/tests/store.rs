@@ -127,6 +127,26 @@ async fn a_corrupt_snapshot_is_refused_before_anything_changes() {
     assert_eq!(sm2.reader().digest(), before);
 }
 
+/// Applies are written by the database's writer thread and nobody waits
+/// for them; a snapshot built right after one must still contain it (the
+/// builder waits for the writer), or openraft would purge log entries the
+/// snapshot does not cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_right_after_an_apply_contains_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+    for i in 1..=40 {
+        sm.apply([entry(i, workload(i))]).await.expect("apply");
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(i));
+    }
+}
+
 #[tokio::test]
 async fn state_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
