@@ -18,6 +18,10 @@
 #   ./scripts/fleet.sh logs    the last lines of every node's log
 #   ./scripts/fleet.sh clean   stop the nodes and delete the fleet directory
 #
+# VAULT_NODE=/path/to/vault-node starts the nodes from another build of the
+# node (for A/B comparisons: scripts/compare.sh); its path must contain
+# "vault-node".
+#
 # State lives in one directory, .fleet/ (override with FLEET_DIR): hsm/
 # (SoftHSM token dirs, one per node and hsm/operator), secrets/ (PIN files,
 # mode 600), pki/ (CAs, node, operator and frontend certificates),
@@ -34,9 +38,10 @@ FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
 FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
 NODES=(1 2 3)
 BIN="$CARGO_TARGET_DIR/debug"
+NODE_BIN="${VAULT_NODE:-$BIN/vault-node}"
 export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="$FLEET_CONFIG"
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 WITNESS_ADDR="${WITNESS_ADDR:-127.0.0.1:7400}"
 export BKV_WITNESS="$WITNESS_ADDR"
 
@@ -156,7 +161,7 @@ start_nodes() {
       continue
     fi
     mkdir -p "$FLEET_DIR/node-$n"
-    setsid "$BIN/vault-node" --node-id "$n" >>"$FLEET_DIR/node-$n.log" 2>&1 < /dev/null &
+    setsid "$NODE_BIN" --node-id "$n" >>"$FLEET_DIR/node-$n.log" 2>&1 < /dev/null &
     echo $! > "$FLEET_DIR/node-$n.pid"
     bkv_log "node-$n: started (pid $!, log $FLEET_DIR/node-$n.log)"
   done

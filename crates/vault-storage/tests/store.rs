@@ -13,6 +13,16 @@ fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
     rocksdb::DB::open_cf(&opts, dir.join("db"), ["logs", "meta", "state"]).expect("open raw db")
 }
 
+async fn build_snapshot(
+    sm: &mut vault_storage::StateMachineStore,
+) -> openraft::Snapshot<vault_storage::TypeConfig> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build")
+}
+
 fn reference_digest(upto: u64) -> [u8; 32] {
     let mut state = VaultState::default();
     for i in 1..=upto {
@@ -107,12 +117,7 @@ async fn a_corrupt_snapshot_is_refused_before_anything_changes() {
     sm.apply((1..=30).map(|i| entry(i, workload(i))))
         .await
         .expect("apply");
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build_snapshot(&mut sm).await;
     let mut bytes = snap.snapshot.into_inner();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x04;
@@ -137,12 +142,7 @@ async fn a_snapshot_built_right_after_an_apply_contains_it() {
     let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
     for i in 1..=40 {
         sm.apply([entry(i, workload(i))]).await.expect("apply");
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snap = build_snapshot(&mut sm).await;
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(i));
     }
 }
