@@ -6,9 +6,10 @@
 //! the pool and back is a thread wake-up on each side, and on the path of a
 //! commit there were three of them (the leader's append, a follower's
 //! append, the leader's apply) besides the fsyncs. Measured on the 2-core
-//! loopback fleet (docs/BENCHMARKS.md), handing the writes to this thread,
-//! which is usually awake already, took a committed delete at one client
-//! from about 3.3–4.0 ms to about 2.3–3.1 ms at p50.
+//! loopback fleet (docs/BENCHMARKS.md, alternating builds with
+//! `scripts/compare.sh`), handing the writes to this thread took a
+//! committed delete at one client from 3.2–4.1 ms to 3.0–3.5 ms at p50, and
+//! a full recovery at one client from 8.1–8.9 ms to 6.8–7.8 ms.
 //!
 //! What it guarantees:
 //! - Jobs are written in the order they were queued; after a write or an
