@@ -286,6 +286,43 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// The thread's side of a failure: once the writer has failed, an
+    /// append queued after it is not written and its completion reports
+    /// the error, an apply is refused, and readers get the error instead of
+    /// waiting. (A real RocksDB write or fsync failure takes this same path:
+    /// the thread records it in `progress`.)
+    #[test]
+    fn after_a_failure_nothing_more_is_written() {
+        use crate::db::CF_LOGS;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path()).expect("open"));
+        let writer = Writer::start(db.clone()).expect("start");
+        let append = |key: &'static [u8]| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut batch = WriteBatch::default();
+            batch.put_cf(db.cf(CF_LOGS), key, b"entry");
+            writer
+                .append(batch, Box::new(move |r| tx.send(r).expect("send")))
+                .expect("queue");
+            rx.recv_timeout(Duration::from_secs(10)).expect("completed")
+        };
+        append(b"before").expect("synced");
+        writer.caught_up().expect("caught up");
+
+        writer
+            .progress
+            .advance(0, Some("write log entries: injected".into()));
+        let e = append(b"after").expect_err("an append after the failure");
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert!(writer.apply(WriteBatch::default()).is_err());
+        assert!(writer.caught_up().is_err());
+
+        drop(writer);
+        let get = |key: &[u8]| db.rocks.get_cf(db.cf(CF_LOGS), key).expect("read");
+        assert!(get(b"before").is_some());
+        assert!(get(b"after").is_none(), "written after the failure");
+    }
+
     #[test]
     fn a_failure_is_kept_and_ends_every_wait() {
         let p = Progress::default();
