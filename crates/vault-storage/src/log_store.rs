@@ -103,15 +103,14 @@ impl LogStore {
         value: &T,
         sync: bool,
     ) -> Result<(), StoreError> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
         let framed = encode_framed(value);
-        blocking(move || {
-            writer.caught_up()?;
-            let mut batch = WriteBatch::default();
-            batch.put_cf(db.cf(CF_META), key, framed);
-            db.write(batch, sync)
-        })
-        .await
+        self.writer
+            .after_writes(move |db| {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(db.cf(CF_META), key, framed);
+                db.write(batch, sync)
+            })
+            .await
     }
 
     async fn get_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -139,13 +138,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
-        let (db, writer) = (self.db.clone(), self.writer.clone());
-        blocking(move || {
-            writer.caught_up()?;
-            Self::read_range(&db, start, end)
-        })
-        .await
-        .map_err(io_err(StorageIOError::read_logs))
+        self.writer
+            .after_writes(move |db| Self::read_range(db, start, end))
+            .await
+            .map_err(io_err(StorageIOError::read_logs))
     }
 }
 
@@ -153,19 +149,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
-        blocking(move || {
-            writer.caught_up()?;
-            let last_purged: Option<LogId<u64>> =
-                db.get(CF_META, "last purged log id", KEY_LAST_PURGED)?;
-            let last = Self::last_entry_id(&db)?.or(last_purged);
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last,
+        self.writer
+            .after_writes(|db| {
+                let last_purged: Option<LogId<u64>> =
+                    db.get(CF_META, "last purged log id", KEY_LAST_PURGED)?;
+                let last = Self::last_entry_id(db)?.or(last_purged);
+                Ok(LogState {
+                    last_purged_log_id: last_purged,
+                    last_log_id: last,
+                })
             })
-        })
-        .await
-        .map_err(io_err(StorageIOError::read_logs))
+            .await
+            .map_err(io_err(StorageIOError::read_logs))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -236,39 +231,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
-        blocking(move || {
-            // After every append queued before it.
-            writer.caught_up()?;
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
-            batch.delete_cf(db.cf(CF_LOGS), index_key(u64::MAX));
-            db.write(batch, true)
-        })
-        .await
-        .map_err(io_err(StorageIOError::write_logs))
+        // After every append queued before it.
+        self.writer
+            .after_writes(move |db| {
+                let mut batch = WriteBatch::default();
+                batch.delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
+                batch.delete_cf(db.cf(CF_LOGS), index_key(u64::MAX));
+                db.write(batch, true)
+            })
+            .await
+            .map_err(io_err(StorageIOError::write_logs))
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
         let marker = encode_framed(&log_id);
-        blocking(move || {
-            // After every apply queued before it: the log is never purged
-            // past an apply that is not written.
-            writer.caught_up()?;
-            let mut batch = WriteBatch::default();
-            // The purge marker and the deletion go together, so the log
-            // state never claims entries that are gone or hides ones that
-            // are still there.
-            batch.put_cf(db.cf(CF_META), KEY_LAST_PURGED, marker);
-            batch.delete_range_cf(
-                db.cf(CF_LOGS),
-                index_key(0),
-                index_key(log_id.index.saturating_add(1)),
-            );
-            db.write(batch, true)
-        })
-        .await
-        .map_err(io_err(StorageIOError::write_logs))
+        // After every apply queued before it: the log is never purged past
+        // an apply that is not written.
+        self.writer
+            .after_writes(move |db| {
+                let mut batch = WriteBatch::default();
+                // The purge marker and the deletion go together, so the log
+                // state never claims entries that are gone or hides ones
+                // that are still there.
+                batch.put_cf(db.cf(CF_META), KEY_LAST_PURGED, marker);
+                batch.delete_range_cf(
+                    db.cf(CF_LOGS),
+                    index_key(0),
+                    index_key(log_id.index.saturating_add(1)),
+                );
+                db.write(batch, true)
+            })
+            .await
+            .map_err(io_err(StorageIOError::write_logs))
     }
 }

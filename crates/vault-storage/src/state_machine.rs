@@ -136,7 +136,6 @@ impl StateMachineStore {
 /// Builds snapshots from one consistent RocksDB view.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    db: Arc<Db>,
     writer: Arc<Writer>,
     snapshot_dir: PathBuf,
     snapshot_file: Arc<Mutex<()>>,
@@ -161,73 +160,69 @@ fn save_if_newer(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (db, writer, dir, lock) = (
-            self.db.clone(),
-            self.writer.clone(),
-            self.snapshot_dir.clone(),
-            self.snapshot_file.clone(),
-        );
-        blocking(move || {
-            let started = std::time::Instant::now();
-            // Every apply queued before this build is in the view.
-            writer.caught_up()?;
-            // One RocksDB snapshot: the state and the applied id it claims
-            // are read at the same sequence number.
-            let view = db.rocks.snapshot();
-            let read_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
-                view.get_cf(db.cf(CF_META), key)
-                    .map_err(StoreError::rocks("read snapshot meta"))
-            };
-            let last_log_id: Option<LogId<u64>> = match read_meta(KEY_LAST_APPLIED)? {
-                Some(raw) => Some(decode_framed(
-                    "last applied log id",
-                    KEY_LAST_APPLIED,
-                    &raw,
-                )?),
-                None => None,
-            };
-            let last_membership: StoredMembership<u64, BasicNode> = match read_meta(KEY_MEMBERSHIP)?
-            {
-                Some(raw) => decode_framed("membership", KEY_MEMBERSHIP, &raw)?,
-                None => StoredMembership::default(),
-            };
-            let mut items = Vec::new();
-            for item in view.iterator_cf(db.cf(CF_STATE), rocksdb::IteratorMode::Start) {
-                let (key, value) = item.map_err(StoreError::rocks("read state for snapshot"))?;
-                // Check each value as it goes out, so corruption is caught
-                // here rather than on the follower.
-                unframe("state value", &key, &value)?;
-                items.push((key.to_vec(), value.to_vec()));
-            }
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            let meta = SnapshotMeta {
-                snapshot_id: match last_log_id {
-                    Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
-                    None => format!("empty-{nanos}"),
-                },
-                last_log_id,
-                last_membership,
-            };
-            let count = items.len();
-            let bytes = snapshot::encode(meta.clone(), items);
-            save_if_newer(&dir, &lock, &meta, &bytes)?;
-            tracing::info!(
-                id = %meta.snapshot_id,
-                items = count,
-                bytes = bytes.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "snapshot built"
-            );
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(bytes)),
+        let (dir, lock) = (self.snapshot_dir.clone(), self.snapshot_file.clone());
+        // Every apply queued before this build is in the view.
+        self.writer
+            .after_writes(move |db| {
+                let started = std::time::Instant::now();
+                // One RocksDB snapshot: the state and the applied id it claims
+                // are read at the same sequence number.
+                let view = db.rocks.snapshot();
+                let read_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+                    view.get_cf(db.cf(CF_META), key)
+                        .map_err(StoreError::rocks("read snapshot meta"))
+                };
+                let last_log_id: Option<LogId<u64>> = match read_meta(KEY_LAST_APPLIED)? {
+                    Some(raw) => Some(decode_framed(
+                        "last applied log id",
+                        KEY_LAST_APPLIED,
+                        &raw,
+                    )?),
+                    None => None,
+                };
+                let last_membership: StoredMembership<u64, BasicNode> =
+                    match read_meta(KEY_MEMBERSHIP)? {
+                        Some(raw) => decode_framed("membership", KEY_MEMBERSHIP, &raw)?,
+                        None => StoredMembership::default(),
+                    };
+                let mut items = Vec::new();
+                for item in view.iterator_cf(db.cf(CF_STATE), rocksdb::IteratorMode::Start) {
+                    let (key, value) =
+                        item.map_err(StoreError::rocks("read state for snapshot"))?;
+                    // Check each value as it goes out, so corruption is caught
+                    // here rather than on the follower.
+                    unframe("state value", &key, &value)?;
+                    items.push((key.to_vec(), value.to_vec()));
+                }
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                let meta = SnapshotMeta {
+                    snapshot_id: match last_log_id {
+                        Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
+                        None => format!("empty-{nanos}"),
+                    },
+                    last_log_id,
+                    last_membership,
+                };
+                let count = items.len();
+                let bytes = snapshot::encode(meta.clone(), items);
+                save_if_newer(&dir, &lock, &meta, &bytes)?;
+                tracing::info!(
+                    id = %meta.snapshot_id,
+                    items = count,
+                    bytes = bytes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot built"
+                );
+                Ok(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(bytes)),
+                })
             })
-        })
-        .await
-        .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))
+            .await
+            .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))
     }
 }
 
@@ -311,7 +306,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
             writer: self.writer.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             snapshot_file: self.snapshot_file.clone(),
@@ -330,63 +324,64 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = snapshot.into_inner();
-        let (db, writer, dir, lock, cap) = (
-            self.db.clone(),
-            self.writer.clone(),
+        let (dir, lock, cap) = (
             self.snapshot_dir.clone(),
             self.snapshot_file.clone(),
             self.dedup_capacity,
         );
         let meta = meta.clone();
-        let (state, meta) = blocking(move || {
-            let started = std::time::Instant::now();
-            // No queued apply may land on top of the installed state.
-            writer.caught_up()?;
-            let decoded = snapshot::decode(&bytes)?;
-            if decoded.meta.last_log_id != meta.last_log_id
-                || decoded.meta.last_membership != meta.last_membership
-            {
-                return Err(StoreError::Snapshot {
-                    op: "install snapshot",
-                    path: meta.snapshot_id.clone(),
-                    reason: "its contents claim another log id or membership than its metadata"
-                        .into(),
-                });
-            }
-            let mut unframed = Vec::with_capacity(decoded.items.len());
-            for (k, v) in &decoded.items {
-                unframed.push((k.clone(), unframe("snapshot state value", k, v)?.to_vec()));
-            }
-            let state = VaultState::from_items(cap, unframed)
-                .map_err(|e| StoreError::corrupt("snapshot state", b"", e))?;
-            // Replace the whole state, with its applied id and membership, in
-            // one atomic batch.
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(db.cf(CF_STATE), [0x00u8].as_slice(), [0xffu8].as_slice());
-            for (k, v) in decoded.items {
-                batch.put_cf(db.cf(CF_STATE), k, v);
-            }
-            match &meta.last_log_id {
-                Some(last) => batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(last)),
-                None => batch.delete_cf(db.cf(CF_META), KEY_LAST_APPLIED),
-            }
-            batch.put_cf(
-                db.cf(CF_META),
-                KEY_MEMBERSHIP,
-                encode_framed(&meta.last_membership),
-            );
-            db.write(batch, true)?;
-            save_if_newer(&dir, &lock, &meta, &bytes)?;
-            tracing::info!(
-                id = %meta.snapshot_id,
-                bytes = bytes.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "snapshot installed"
-            );
-            Ok((state, meta))
-        })
-        .await
-        .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        // No queued apply may land on top of the installed state.
+        let (state, meta) = self
+            .writer
+            .after_writes(move |db| {
+                let started = std::time::Instant::now();
+                let decoded = snapshot::decode(&bytes)?;
+                if decoded.meta.last_log_id != meta.last_log_id
+                    || decoded.meta.last_membership != meta.last_membership
+                {
+                    return Err(StoreError::Snapshot {
+                        op: "install snapshot",
+                        path: meta.snapshot_id.clone(),
+                        reason: "its contents claim another log id or membership than its metadata"
+                            .into(),
+                    });
+                }
+                let mut unframed = Vec::with_capacity(decoded.items.len());
+                for (k, v) in &decoded.items {
+                    unframed.push((k.clone(), unframe("snapshot state value", k, v)?.to_vec()));
+                }
+                let state = VaultState::from_items(cap, unframed)
+                    .map_err(|e| StoreError::corrupt("snapshot state", b"", e))?;
+                // Replace the whole state, with its applied id and membership, in
+                // one atomic batch.
+                let mut batch = WriteBatch::default();
+                batch.delete_range_cf(db.cf(CF_STATE), [0x00u8].as_slice(), [0xffu8].as_slice());
+                for (k, v) in decoded.items {
+                    batch.put_cf(db.cf(CF_STATE), k, v);
+                }
+                match &meta.last_log_id {
+                    Some(last) => {
+                        batch.put_cf(db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(last))
+                    }
+                    None => batch.delete_cf(db.cf(CF_META), KEY_LAST_APPLIED),
+                }
+                batch.put_cf(
+                    db.cf(CF_META),
+                    KEY_MEMBERSHIP,
+                    encode_framed(&meta.last_membership),
+                );
+                db.write(batch, true)?;
+                save_if_newer(&dir, &lock, &meta, &bytes)?;
+                tracing::info!(
+                    id = %meta.snapshot_id,
+                    bytes = bytes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot installed"
+                );
+                Ok((state, meta))
+            })
+            .await
+            .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
         let mut a = self.write_guard();
         a.state = state;
         a.last_applied = meta.last_log_id;

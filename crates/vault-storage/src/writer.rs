@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
 
-use crate::db::{CF_META, Db, KEY_COMMITTED, StoreError};
+use crate::db::{CF_META, Db, KEY_COMMITTED, StoreError, blocking};
 
 /// What to run once an append is on disk (or failed).
 pub(crate) type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
@@ -115,6 +115,7 @@ impl Progress {
 /// machine. Dropping the last handle lets the thread finish what is queued
 /// and joins it, so the database can be reopened at once.
 pub(crate) struct Writer {
+    db: Arc<Db>,
     queue: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     progress: Arc<Progress>,
@@ -142,11 +143,13 @@ impl Writer {
         let (queue, jobs) = std::sync::mpsc::channel::<Job>();
         let progress = Arc::new(Progress::default());
         let seen = progress.clone();
+        let written = db.clone();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(&db, &jobs, &seen))
+            .spawn(move || run(&written, &jobs, &seen))
             .map_err(|e| StoreError::Task(format!("start the database writer: {e}")))?;
         Ok(Writer {
+            db,
             queue: Some(queue),
             thread: Some(thread),
             progress,
@@ -184,6 +187,22 @@ impl Writer {
     pub(crate) fn caught_up(&self) -> Result<(), StoreError> {
         let target = self.progress.queued.load(Ordering::SeqCst);
         self.progress.wait_for(target, CATCH_UP)
+    }
+
+    /// Runs `f` on tokio's blocking pool once everything queued before it
+    /// is written ([`Writer::caught_up`]): how reads, and writes that must
+    /// not overtake a queued one, reach the database.
+    pub(crate) async fn after_writes<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let writer = self.clone();
+        blocking(move || {
+            writer.caught_up()?;
+            f(&writer.db)
+        })
+        .await
     }
 
     fn send(&self, job: Job) -> Result<(), Job> {
