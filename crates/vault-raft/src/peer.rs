@@ -21,7 +21,7 @@ use vault_proto::v1::{
 };
 use vault_types::codec;
 
-use crate::identity::{Identity, identity_of};
+use crate::identity::{Identity, identity_of_known};
 use crate::network::SnapshotHeader;
 use crate::proposer::{Batcher, WriteError};
 use crate::{Raft, wire};
@@ -51,7 +51,7 @@ impl Gatekeeper {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        identity_of(leaf).map_err(|e| Status::permission_denied(e.to_string()))
+        identity_of_known(leaf).map_err(|e| Status::permission_denied(e.to_string()))
     }
 
     /// The caller must be the operator.
