@@ -47,6 +47,7 @@ RUNS=(
   "mixed 10"
 )
 ROWS=()
+CALLS=()
 first=1
 for run in "${RUNS[@]}"; do
   set -- $run
@@ -58,6 +59,10 @@ for run in "${RUNS[@]}"; do
            --json "$OUT/$workload-$conc.json" "${extra[@]}" 2>/dev/null)
   echo "$line"
   [ "$workload $conc" = "recover 20" ] && STORAGE=$(echo "$line" | grep '^node ' || true)
+  case "$workload $conc" in
+    "recover 1"|"recover 20")
+      CALLS+=("at $conc client$([ "$conc" = 1 ] || echo s): $(echo "$line" | sed -n 's/^calls served per operation (all nodes): //p')") ;;
+  esac
   j="$OUT/$workload-$conc.json"
   field() { sed -n "s/^ *\"$1\": \([0-9.]*\).*/\1/p" "$j" | head -1; }
   ROWS+=("| $workload | $conc | $(printf '%.0f' "$(field throughput_per_s)") | $(field p50) | $(field p90) | $(field p99) | $(field p99_9) | $(field errors) | $(printf '%.2f' "$(field client_cpu_cores)") |")
@@ -161,6 +166,10 @@ CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo "**Group commit and batching** (recover, 20 clients; from the nodes' \`bkv_storage_*\` and \`bkv_raft_*\` metrics; fsyncs count the log's group-commit fsyncs and synced metadata writes; state-machine applies are not synced, the log is; proposals per entry is the leader's batching):"
   echo
   echo "${STORAGE:-(no storage metrics)}" | sed 's/^/- /'
+  echo
+  echo "**Calls per recovery** (the nodes' \`bkv_rpc_total\`, summed over the three nodes, per full recovery; the client's two calls, the followers' forwards to the leader, the leader's AppendEntries to its followers):"
+  echo
+  printf -- '- %s\n' "${CALLS[@]}"
   echo
   echo "**Targets** (3-node loopback fleet on this 2-core machine, fsync on): ≥ 2 000 full recoveries/s (measured: ${RECOVER20:-?}/s at 20 clients, ${RECOVER5:-?}/s at 5), p50 ≤ 5 ms for a full recovery at 5 clients (measured: ${RECOVER5_P50:-?} ms), ≥ 2 000 registrations/s (measured: ${REGISTER5:-?}/s at 5 clients). **Not met**; why, below."
   echo

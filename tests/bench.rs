@@ -108,6 +108,16 @@ fn delete_on_a_spawned_fleet_with_the_ceilings() {
             "{v:#}"
         );
     }
+    // Each delete is one client call, and commits: the leader replicates
+    // its entry to both followers (two deletes may share one entry).
+    let rpcs = v["rpcs_per_op"].as_object().expect("rpcs_per_op");
+    let per_op = |m: &str| rpcs.get(m).and_then(|x| x.as_f64()).unwrap_or(0.0);
+    assert!((1.0..1.5).contains(&per_op("Frontend/Delete")), "{v:#}");
+    assert!(per_op("Peer/AppendEntries") >= 1.0, "{v:#}");
+    assert!(
+        stdout.contains("calls served per operation (all nodes): "),
+        "{stdout}"
+    );
     assert!(stdout.contains("SoftHSM unseals/s on one core"), "{stdout}");
     assert_fleet_gone(&stderr);
 }

@@ -227,22 +227,36 @@ async fn register_pools(
 /// Longer than the nodes' metrics refresh (200 ms).
 const GAUGE_REFRESH: Duration = Duration::from_millis(300);
 
-/// The storage counters of every node, from their `/metrics`:
-/// (synced writes, log entries appended, log appends, batches applied,
-/// proposals applied) by node id.
-fn storage_counters(fleet: &Fleet) -> BTreeMap<u64, [f64; 5]> {
+/// A node's `/metrics` page, or `None` when it does not answer.
+fn metrics_page(addr: &std::net::SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
-    let mut out = BTreeMap::new();
+    let mut s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    Some(text)
+}
+
+/// What the run reads from the nodes' `/metrics` before and after.
+struct Counters {
+    /// By node id: (synced writes, log entries appended, log appends,
+    /// batches applied, proposals applied).
+    storage: BTreeMap<u64, [f64; 5]>,
+    /// Calls served, by method (`Frontend/RecoverStart`,
+    /// `Peer/AppendEntries`, ...), summed over the nodes and outcomes.
+    rpcs: BTreeMap<String, f64>,
+}
+
+fn counters(fleet: &Fleet) -> Counters {
+    let mut out = Counters {
+        storage: BTreeMap::new(),
+        rpcs: BTreeMap::new(),
+    };
     for n in fleet.nodes.values() {
-        let Ok(mut s) =
-            std::net::TcpStream::connect_timeout(&n.metrics_addr, Duration::from_secs(1))
-        else {
+        let Some(text) = metrics_page(&n.metrics_addr) else {
             continue;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
         let value = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(name))
@@ -250,7 +264,7 @@ fn storage_counters(fleet: &Fleet) -> BTreeMap<u64, [f64; 5]> {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        out.insert(
+        out.storage.insert(
             n.id,
             [
                 value("bkv_storage_synced_writes{"),
@@ -260,6 +274,17 @@ fn storage_counters(fleet: &Fleet) -> BTreeMap<u64, [f64; 5]> {
                 value("bkv_raft_proposals_applied{"),
             ],
         );
+        // bkv_rpc_total{code="OK",method="Peer/Forward",node="1"} 4900
+        for line in text.lines().filter(|l| l.starts_with("bkv_rpc_total{")) {
+            let method = line
+                .split("method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next());
+            let count = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(method), Some(count)) = (method, count) {
+                *out.rpcs.entry(method.to_owned()).or_default() += count;
+            }
+        }
     }
     out
 }
@@ -445,7 +470,7 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
     // Nodes refresh these gauges every 200 ms: let them catch up with the
     // registrations above, and below with the run's last operations.
     std::thread::sleep(GAUGE_REFRESH);
-    let storage0 = storage_counters(fleet);
+    let counters0 = counters(fleet);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
@@ -566,13 +591,14 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
         );
     }
     std::thread::sleep(GAUGE_REFRESH);
-    let storage1 = storage_counters(fleet);
+    let counters1 = counters(fleet);
     // Per node: fsyncs per appended log entry, and entries per log append
     // (how many entries share one fsync: the group-commit factor).
-    let storage: BTreeMap<u64, serde_json::Value> = storage1
+    let storage: BTreeMap<u64, serde_json::Value> = counters1
+        .storage
         .iter()
         .filter_map(|(id, after)| {
-            let before = storage0.get(id)?;
+            let before = counters0.storage.get(id)?;
             let d = |i: usize| after[i] - before[i];
             (d(1) > 0.0).then(|| {
                 (
@@ -589,6 +615,17 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
         .collect();
     let tot = rt.block_on(totals.lock());
     let ok = tot.latency.len();
+    // Calls the nodes served per operation, by method: the client's own
+    // calls and what the nodes say to each other (forwards, AppendEntries,
+    // read indexes) for each operation.
+    let rpcs_per_op: BTreeMap<String, f64> = counters1
+        .rpcs
+        .iter()
+        .filter_map(|(method, after)| {
+            let d = after - counters0.rpcs.get(method).copied().unwrap_or(0.0);
+            (d > 0.0 && ok > 0).then(|| (method.clone(), d / ok as f64))
+        })
+        .collect();
     let errors: u64 = tot.errors.values().sum();
     let ms = |q: f64| tot.latency.value_at_quantile(q) as f64 / 1000.0;
     let throughput = ok as f64 / wall;
@@ -607,6 +644,7 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
         "fraction_of_two_core_opaque_ceiling": ceiling.as_ref().map(|c| throughput / (2.0 * c.opaque_logins_per_s)),
         "fleet_nodes": fleet.nodes.len(),
         "storage_by_node": storage,
+        "rpcs_per_op": rpcs_per_op,
         "ksf": "fast (Argon2id 256 KiB, 1 pass)",
     });
     println!(
@@ -624,6 +662,16 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
             st["fsyncs_per_entry"].as_f64().unwrap_or(0.0),
             st["entries_per_log_append"].as_f64().unwrap_or(0.0),
             st["proposals_per_entry"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if !rpcs_per_op.is_empty() {
+        let each: Vec<String> = rpcs_per_op
+            .iter()
+            .map(|(m, n)| format!("{m} {n:.2}"))
+            .collect();
+        println!(
+            "calls served per operation (all nodes): {}",
+            each.join(", ")
         );
     }
     if !tot.errors.is_empty() {
