@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A local 3-node fleet on this machine (cluster-configs/local-3.toml).
+# A local fleet on this machine: every node of the fleet file
+# (default cluster-configs/local-3.toml, three nodes; FLEET_CONFIG picks
+# another, e.g. cluster-configs/local-5.toml).
 #
-#   ./scripts/fleet.sh up      install what is missing, build, provision one
-#                              SoftHSM token per node (the fleet KEK made on
-#                              node 1 and copied by ceremony) and an operator
-#                              token, issue the fleet's certificates, start
-#                              a local witness and the three nodes,
+#   ./scripts/fleet.sh up      install what is missing, build, provision
+#                              (`vaultctl fleet provision`: one SoftHSM
+#                              token per node, the fleet KEK made on the
+#                              first node and copied by ceremony, an
+#                              operator token, the fleet's certificates),
+#                              start a local witness and every node,
 #                              initialize the fleet and publish its keys
 #                              (epoch 1) on first start, wait for a leader
 #                              and print the status. On a running or
@@ -17,6 +20,10 @@
 #   ./scripts/fleet.sh status  the fleet's status (vaultctl cluster status)
 #   ./scripts/fleet.sh logs    the last lines of every node's log
 #   ./scripts/fleet.sh clean   stop the nodes and delete the fleet directory
+#
+# BKV_NO_BUILD=1 skips the install and build steps of `up` and uses the
+# binaries already in $CARGO_TARGET_DIR/debug (tests/scripts.rs does, from
+# inside `cargo test`).
 #
 # VAULT_NODE=/path/to/vault-node starts the nodes from another build of the
 # node (for A/B comparisons: scripts/compare.sh); its path must contain
@@ -30,75 +37,48 @@
 # node-N.log, node-N.pid, witness.log, witness.pid.
 #
 # Exit codes: 0 done; 1 a step failed; 2 bad usage.
+#
+# Nodes run from one fleet directory per fleet file: give FLEET_DIR too
+# when switching FLEET_CONFIG, or the new file meets the old tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 
 FLEET_DIR="${FLEET_DIR:-$PWD/.fleet}"
 FLEET_CONFIG="${FLEET_CONFIG:-$PWD/cluster-configs/local-3.toml}"
-NODES=(1 2 3)
 BIN="$CARGO_TARGET_DIR/debug"
 NODE_BIN="${VAULT_NODE:-$BIN/vault-node}"
 export BKV_FLEET_DIR="$FLEET_DIR" BKV_FLEET_CONFIG="$FLEET_CONFIG"
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; }
 WITNESS_ADDR="${WITNESS_ADDR:-127.0.0.1:7400}"
 export BKV_WITNESS="$WITNESS_ADDR"
 
-new_pin() {
-  local path=$1
-  [ -s "$path" ] && return 0
-  (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$path")
-}
-
 build() {
+  if [ "${BKV_NO_BUILD:-}" = 1 ]; then
+    bkv_log "BKV_NO_BUILD=1: using the binaries in $BIN"
+    return 0
+  fi
   bkv_ensure_packages
   bkv_log "building (target dir $CARGO_TARGET_DIR; the first build compiles RocksDB, ~20 min on 2 cores)"
   # The same profile and selection as test.sh, so both reuse one build.
   cargo build --locked --workspace --all-targets
 }
 
-provision_hsms() {
-  mkdir -p "$FLEET_DIR/hsm" "$FLEET_DIR/secrets"
-  chmod 700 "$FLEET_DIR/secrets"
-  for n in "${NODES[@]}"; do
-    new_pin "$FLEET_DIR/secrets/node-$n.so.pin"
-    new_pin "$FLEET_DIR/secrets/node-$n.user.pin"
-    local dir="$FLEET_DIR/hsm/node-$n"
-    if [ -d "$dir/tokens" ] && [ -n "$(ls -A "$dir/tokens")" ]; then
-      continue
-    fi
-    local kek=()
-    [ "$n" = 1 ] && kek=(--kek)
-    bkv_log "node-$n: provisioning its HSM token"
-    "$BIN/vaultctl" hsm init --softhsm-dir "$dir" --label "node-$n" \
-      --so-pin-file "$FLEET_DIR/secrets/node-$n.so.pin" \
-      --user-pin-file "$FLEET_DIR/secrets/node-$n.user.pin" "${kek[@]}" >/dev/null
-    if [ "$n" != 1 ]; then
-      bkv_log "node-$n: KEK ceremony from node-1"
-      "$BIN/vaultctl" hsm ceremony \
-        --from-dir "$FLEET_DIR/hsm/node-1" --from-label node-1 \
-        --from-so-pin-file "$FLEET_DIR/secrets/node-1.so.pin" \
-        --from-user-pin-file "$FLEET_DIR/secrets/node-1.user.pin" \
-        --to-dir "$dir" --to-label "node-$n" \
-        --to-user-pin-file "$FLEET_DIR/secrets/node-$n.user.pin"
-    fi
-  done
+# The fleet file's node ids (validated by vaultctl), into NODES.
+read_nodes() {
+  local ids
+  ids=$("$BIN/vaultctl" fleet nodes) || { echo "cannot read the fleet file $FLEET_CONFIG" >&2; exit 1; }
+  mapfile -t NODES <<<"$ids"
 }
 
-provision_operator() {
-  new_pin "$FLEET_DIR/secrets/operator.so.pin"
-  new_pin "$FLEET_DIR/secrets/operator.user.pin"
-  local dir="$FLEET_DIR/hsm/operator"
-  if ! { [ -d "$dir/tokens" ] && [ -n "$(ls -A "$dir/tokens")" ]; }; then
-    bkv_log "operator: provisioning its HSM token (the bundle counter-signing key)"
-    "$BIN/vaultctl" hsm init --operator --softhsm-dir "$dir" --label operator \
-      --so-pin-file "$FLEET_DIR/secrets/operator.so.pin" \
-      --user-pin-file "$FLEET_DIR/secrets/operator.user.pin" >/dev/null
-  fi
+# The local witness (its key and log) and pins.json, the witness and
+# operator public keys that apps pin. The witness is another party's in a
+# deployment; here it is provisioned beside the fleet.
+provision_witness() {
   local witness_key operator_key
   witness_key=$("$BIN/vault-witness" init --dir "$FLEET_DIR/witness")
-  operator_key=$("$BIN/vaultctl" hsm operator-key --softhsm-dir "$dir" --label operator \
+  operator_key=$("$BIN/vaultctl" hsm operator-key --softhsm-dir "$FLEET_DIR/hsm/operator" --label operator \
     --user-pin-file "$FLEET_DIR/secrets/operator.user.pin")
   printf '{\n  "witness_key": "%s",\n  "operator_key": "%s"\n}\n' \
     "$witness_key" "$operator_key" > "$FLEET_DIR/pins.json.tmp"
@@ -137,7 +117,12 @@ down() {
     pids+=("$pid")
   fi
   rm -f "$FLEET_DIR/witness.pid"
-  for n in "${NODES[@]}"; do
+  # Every node this directory started (its pid file), whatever the fleet
+  # file says now.
+  local f n
+  for f in "$FLEET_DIR"/node-*.pid; do
+    [ -e "$f" ] || continue
+    n=${f##*/node-}; n=${n%.pid}
     if pid=$(pid_of "$n"); then
       bkv_log "node-$n: stopping (pid $pid)"
       kill -TERM "$pid" 2>/dev/null || true
@@ -178,10 +163,10 @@ start_nodes() {
 
 up() {
   build
-  provision_hsms
-  bkv_log "issuing certificates (kept if they exist)"
-  "$BIN/vaultctl" pki init --frontend local
-  provision_operator
+  read_nodes
+  bkv_log "provisioning tokens, PINs and certificates (kept if they exist)"
+  "$BIN/vaultctl" fleet provision --frontend local
+  provision_witness
   down
   start_witness
   start_nodes
@@ -193,10 +178,10 @@ up() {
   "$BIN/vaultctl" fleet publish-keys --if-missing
   cat <<EOT
 
-The fleet is up. Its state is in $FLEET_DIR.
-  status:        $BIN/vaultctl cluster status [--json]   (or ./scripts/fleet.sh status)
-  metrics:       curl http://127.0.0.1:7301/metrics   (/ready, /live; nodes 2, 3 on :7302, :7303)
-  frontend API:  127.0.0.1:7101-7103, mutual TLS: CA $FLEET_DIR/pki/fleet-ca.pem,
+The fleet is up (${#NODES[@]} nodes of $FLEET_CONFIG). Its state is in $FLEET_DIR.
+  status:        $BIN/vaultctl cluster status [--json]   (or ./scripts/fleet.sh status; it lists every address)
+  metrics:       curl http://<metrics_addr>/metrics   (/ready, /live; addresses in the fleet file)
+  frontend API:  the nodes' frontend_addr, mutual TLS: CA $FLEET_DIR/pki/fleet-ca.pem,
                  client certificate $FLEET_DIR/pki/frontend-local.pem (+ .key)
   witness:       $WITNESS_ADDR (CA $FLEET_DIR/witness/tls/ca.pem); pins: $FLEET_DIR/pins.json
   audit:         $BIN/vaultctl audit   (see README, "How to audit a fleet")
@@ -206,11 +191,11 @@ EOT
 
 case "${1:-}" in
   up) up ;;
-  start) start_witness; start_nodes; "$BIN/vaultctl" cluster status --wait-converged 60 ;;
+  start) read_nodes; start_witness; start_nodes; "$BIN/vaultctl" cluster status --wait-converged 60 ;;
   down) down ;;
   status) "$BIN/vaultctl" cluster status "${@:2}" ;;
   logs) echo "--- witness ($FLEET_DIR/witness.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/witness.log" 2>/dev/null || true
-        for n in "${NODES[@]}"; do echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
+        for f in "$FLEET_DIR"/node-*.log; do [ -e "$f" ] || continue; n=${f##*/node-}; n=${n%.log}; echo "--- node-$n ($FLEET_DIR/node-$n.log)"; tail -n "${LINES:-40}" "$FLEET_DIR/node-$n.log" 2>/dev/null || true; done ;;
   clean) down; rm -rf "$FLEET_DIR"; bkv_log "removed $FLEET_DIR" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -3,7 +3,7 @@
 //! It uses only the generated protobuf types, opaque-ke's public API with
 //! the documented configuration, and the constructions of the spec (HPKE,
 //! HKDF, ChaCha20-Poly1305 from their crates) — none of `vault-client`'s or
-//! `vault_core::protocol`'s code. It registers, recovers the same K, sees a
+//! `vault_protocol`'s code. It registers, recovers the same K, sees a
 //! wrong password counted, interoperates with `vaultctl`, and decrypts a
 //! backup that `vaultctl backup encrypt` wrote.
 

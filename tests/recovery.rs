@@ -2,7 +2,7 @@
 //! processes, RocksDB, SoftHSM tokens, mutual TLS): the frontend API, the
 //! client library and `vaultctl`.
 //!
-//! Some tests play the app by hand (`vault_core::protocol::client` over a
+//! Some tests play the app by hand (`vault_protocol::client` over a
 //! raw frontend client) to reach what the library hides: request ids,
 //! sessions, and every byte a relaying frontend sees.
 
@@ -15,13 +15,13 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
 use vault_client::{ClientError, Status};
-use vault_core::protocol::client::{Login, Registration, RegistrationOutput, argon2id};
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_client::FrontendClient;
 use vault_proto::v1::{
     DeleteRequest, ErrorDetail, GetFleetBundleRequest, RecoverFinishRequest, RecoverStartReply,
     RecoverStartRequest, RegisterFinishRequest, RegisterStartRequest, UserStatusRequest,
 };
+use vault_protocol::client::{Login, Registration, RegistrationOutput, argon2id};
 use vault_testkit::{FleetSpec, Template, TestFleet};
 use vault_types::{FleetId, UserId};
 

@@ -15,7 +15,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use vault_client::{BundleError, Client, ClientError, Endpoint, Ksf, PinnedTrust, Trust};
-use vault_core::protocol::{FleetSecrets, new_hpke_key};
+use vault_fleet::identity::Identity as FleetIdentity;
+use vault_fleet::tls::CertFiles;
 use vault_proto::v1::frontend_server::{Frontend, FrontendServer};
 use vault_proto::v1::witness_client::WitnessClient;
 use vault_proto::v1::{
@@ -24,8 +25,7 @@ use vault_proto::v1::{
     RegisterFinishRequest, RegisterStartReply, RegisterStartRequest, SubmitRequest,
     UserStatusReply, UserStatusRequest,
 };
-use vault_raft::identity::Identity as FleetIdentity;
-use vault_raft::tls::CertFiles;
+use vault_protocol::{FleetSecrets, new_hpke_key};
 use vault_testkit::witness::TestWitness;
 use vault_testkit::{FleetSpec, Template, TestFleet};
 use vault_transparency::{Bundle, SignedBundle};
@@ -209,7 +209,7 @@ impl Impostor {
         Ok(Impostor {
             secrets: FleetSecrets::new(
                 FleetId::new("test")?,
-                &vault_core::opaque::new_server_setup([9; 32]),
+                &vault_protocol::suite::new_server_setup([9; 32]),
                 &new_hpke_key([8; 32]),
             )?,
             genuine: genuine.clone(),
@@ -293,7 +293,7 @@ async fn serve_impostor(
     impostor: Impostor,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let pki = fleet.dir().join("pki");
-    let ca = vault_raft::pki::Authority::load(
+    let ca = vault_fleet::pki::Authority::load(
         &std::fs::read_to_string(pki.join("fleet-ca.pem"))?,
         &std::fs::read_to_string(pki.join("fleet-ca.key"))?,
     )?;

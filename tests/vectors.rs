@@ -1,7 +1,7 @@
 //! The test vectors in docs/test-vectors/, recomputed two ways: from the
 //! constructions as docs/PROTOCOL.md states them (HKDF and
 //! ChaCha20-Poly1305 called directly here), and by the vault's own code
-//! (`vault_core::protocol`, `vault_client::backup`) fed the same fixed
+//! (`vault_protocol`, `vault_client::backup`) fed the same fixed
 //! inputs. Both must match the files byte for byte.
 //!
 //! Regenerate the files (only when the spec changes on purpose):
@@ -127,10 +127,9 @@ fn enc_k_vector() {
     );
     // The vault's own code, fed the same nonce.
     let uid = UserId::new(user).expect("user");
-    let ours =
-        vault_core::protocol::wrap_key(&mut Fixed(h(&v, "nonce")), &h(&v, "export_key"), &uid, &k);
+    let ours = vault_protocol::wrap_key(&mut Fixed(h(&v, "nonce")), &h(&v, "export_key"), &uid, &k);
     assert_eq!(ours, h(&v, "enc_k"));
-    let back = vault_core::protocol::unwrap_key(&export_key, &uid, &ours).expect("unwrap");
+    let back = vault_protocol::unwrap_key(&export_key, &uid, &ours).expect("unwrap");
     assert_eq!(*back, k);
 }
 
@@ -156,11 +155,10 @@ fn recover_answer_vector() {
         }),
     );
     let uid = UserId::new(user).expect("user");
-    let ours =
-        vault_core::protocol::seal_answer(&mut Fixed(h(&v, "nonce")), &session_key, &uid, &enc_k);
+    let ours = vault_protocol::seal_answer(&mut Fixed(h(&v, "nonce")), &session_key, &uid, &enc_k);
     assert_eq!(ours, h(&v, "answer"));
     assert_eq!(
-        *vault_core::protocol::open_answer(&session_key, &uid, &ours).expect("open"),
+        *vault_protocol::open_answer(&session_key, &uid, &ours).expect("open"),
         enc_k
     );
 }

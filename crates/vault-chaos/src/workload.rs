@@ -17,14 +17,14 @@ use prost::Message as _;
 use rand::rngs::{OsRng, StdRng};
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
-use vault_core::protocol::ProtocolError;
-use vault_core::protocol::client::{Login, Registration, argon2id};
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_client::FrontendClient;
 use vault_proto::v1::{
     ErrorDetail, RecoverFinishRequest, RecoverStartRequest, RegisterFinishRequest,
     RegisterStartRequest,
 };
+use vault_protocol::ProtocolError;
+use vault_protocol::client::{Login, Registration, argon2id};
 use vault_types::{FleetId, UserId};
 
 use crate::history::{Finish, History, Op, OpKind, Outcome, User};
@@ -72,7 +72,7 @@ impl Frontends {
     /// Lazily connected channels to every node's frontend address, with the
     /// `test` frontend certificate of a test fleet in `dir`.
     pub fn new(
-        fleet: &vault_raft::config::Fleet,
+        fleet: &vault_fleet::config::Fleet,
         dir: &std::path::Path,
         w: &Workload,
     ) -> anyhow::Result<Frontends> {

@@ -13,14 +13,14 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
+use vault_fleet::config::Fleet;
+use vault_fleet::pki;
+use vault_fleet::tls::client_config_for_node;
 use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::{
     AddLearnerRequest, InitRequest, MembershipReply, PromoteRequest, RemoveNodeRequest, Role,
     SnapshotRequest, StatusReply, StatusRequest,
 };
-use vault_raft::config::Fleet;
-use vault_raft::pki;
-use vault_raft::tls::client_config_for_node;
 
 /// Where the fleet is described.
 #[derive(Debug, Args)]
@@ -149,7 +149,14 @@ pub enum ClusterCommand {
 /// Runs a `pki` command.
 pub fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
     let PkiCommand::Init { fleet, frontends } = cmd;
-    let f = fleet.load()?;
+    issue_certificates(&fleet.load()?, frontends)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Issues every certificate `f` names (CAs, nodes, operator) and one per
+/// frontend, in the directory of `tls.fleet_ca`, keeping files that exist;
+/// checks that the fleet file's paths name what was issued.
+pub(crate) fn issue_certificates(f: &Fleet, frontends: Vec<String>) -> anyhow::Result<()> {
     let dir = f
         .tls
         .fleet_ca
@@ -186,12 +193,12 @@ pub fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
     for w in written {
         eprintln!("wrote {}", w.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Runs a `cluster` command.
 pub fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
-    vault_raft::tls::install_crypto_provider();
+    vault_fleet::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

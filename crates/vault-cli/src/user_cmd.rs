@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vault_client::{Client, ClientError, Ksf, PinnedTrust, Status, Trust};
-use vault_raft::config::Fleet;
+use vault_fleet::config::Fleet;
 use vault_types::UserId;
 use zeroize::Zeroizing;
 
@@ -248,7 +248,7 @@ fn emit_key(k: &[u8; 32], out: Option<&Path>) -> anyhow::Result<()> {
     let hex = Zeroizing::new(format!("{}\n", hex::encode(k)));
     match out {
         Some(p) => {
-            vault_raft::pki::write_file(p, hex.as_bytes(), 0o600)?;
+            vault_fleet::pki::write_file(p, hex.as_bytes(), 0o600)?;
             eprintln!("backup key written to {}", p.display());
         }
         None => print!("{}", hex.as_str()),
@@ -271,7 +271,7 @@ fn fail(e: ClientError) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    vault_raft::tls::install_crypto_provider();
+    vault_fleet::tls::install_crypto_provider();
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)

@@ -9,8 +9,7 @@ use prost::Message;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
-use vault_core::protocol::client::{Login, Registration, argon2id};
-use vault_core::protocol::{KEY_LEN, ProtocolError};
+use vault_fleet::tls::CertFiles;
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_client::FrontendClient;
 use vault_proto::v1::user_status_reply::State;
@@ -18,7 +17,8 @@ use vault_proto::v1::{
     DeleteRequest, ErrorDetail, FleetKeys, GetFleetBundleRequest, RecoverFinishRequest,
     RecoverStartRequest, RegisterFinishRequest, RegisterStartRequest, UserStatusRequest,
 };
-use vault_raft::tls::CertFiles;
+use vault_protocol::client::{Login, Registration, argon2id};
+use vault_protocol::{KEY_LEN, ProtocolError};
 use vault_types::{FleetId, Generation, UserId};
 use zeroize::Zeroizing;
 
@@ -195,7 +195,7 @@ impl Client {
         let channels = endpoints
             .iter()
             .map(|e| {
-                let tls = vault_raft::tls::client_config_for_node(identity, fleet_ca, e.node_id)
+                let tls = vault_fleet::tls::client_config_for_node(identity, fleet_ca, e.node_id)
                     .map_err(|err| ClientError::Setup(err.to_string()))?;
                 Ok(
                     tonic::transport::Endpoint::from_shared(format!("https://{}", e.addr))
@@ -226,7 +226,7 @@ impl Client {
     /// CA) using the frontend certificate `frontend-<name>.pem` in the
     /// fleet's PKI directory.
     pub fn from_fleet(
-        fleet: &vault_raft::config::Fleet,
+        fleet: &vault_fleet::config::Fleet,
         frontend: &str,
         ksf: Ksf,
     ) -> Result<Client, ClientError> {
@@ -235,7 +235,7 @@ impl Client {
             .fleet_ca
             .parent()
             .ok_or_else(|| ClientError::Setup("tls.fleet_ca has no directory".into()))?;
-        let (cert, key) = vault_raft::pki::files::frontend(frontend);
+        let (cert, key) = vault_fleet::pki::files::frontend(frontend);
         let identity = CertFiles {
             cert: pki.join(cert),
             key: pki.join(key),

@@ -11,7 +11,7 @@
 //!   bundle checks run before anything secret is sent.
 //!
 //! Everything secret (password, K, export and session keys) stays in this
-//! process; what crosses the network is what `vault_core::protocol` says.
+//! process; what crosses the network is what `vault_protocol` says.
 
 pub mod backup;
 mod client;

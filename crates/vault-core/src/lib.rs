@@ -16,12 +16,12 @@
 //!   it never grants a second attempt;
 //! - **determinism**: the dedup table is bounded and evicts by log position.
 //!
-//! Must not depend on: RocksDB, PKCS#11, the network, a clock.
+//! Must not depend on: RocksDB, PKCS#11, the network, a clock, OPAQUE (the
+//! protocol's cryptography is `vault-protocol`; the state machine only
+//! stores the sealed bytes it is given).
 
 mod dedup;
 mod key;
-pub mod opaque;
-pub mod protocol;
 mod record;
 mod state;
 

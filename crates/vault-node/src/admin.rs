@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
+use vault_fleet::config::Fleet;
 use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
 use vault_proto::v1::admin_server::Admin;
 use vault_proto::v1::{
@@ -17,8 +18,6 @@ use vault_proto::v1::{
     StatusReply, StatusRequest,
 };
 use vault_raft::Raft;
-use vault_raft::config::Fleet;
-use vault_raft::peer::Gatekeeper;
 use vault_raft::proposer::{ProposeError, Proposer};
 use vault_storage::StateReader;
 use vault_types::{
@@ -139,13 +138,13 @@ impl AdminService {
         opaque_seed.copy_from_slice(&seed.expose()[..32]);
         hpke_seed.copy_from_slice(&seed.expose()[32..]);
         let fleet_id = &self.fleet.fleet_id;
-        let setup = vault_core::opaque::new_server_setup(*opaque_seed);
-        let hpke_key = vault_core::protocol::new_hpke_key(*hpke_seed);
+        let setup = vault_protocol::suite::new_server_setup(*opaque_seed);
+        let hpke_key = vault_protocol::new_hpke_key(*hpke_seed);
         let sealed = timed_hsm(
             &self.metrics,
             "seal",
             self.hsm.seal(
-                vault_core::opaque::server_setup_aad(fleet_id),
+                vault_protocol::suite::server_setup_aad(fleet_id),
                 SecretBytes::new(setup.to_vec()),
             ),
         )
@@ -155,7 +154,7 @@ impl AdminService {
             &self.metrics,
             "seal",
             self.hsm.seal(
-                vault_core::protocol::hpke_key_aad(fleet_id),
+                vault_protocol::hpke_key_aad(fleet_id),
                 SecretBytes::new(hpke_key.to_vec()),
             ),
         )
@@ -218,7 +217,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let m = self.raft.metrics().borrow().clone();
         let committed = self
             .raft
@@ -254,7 +253,7 @@ impl Admin for AdminService {
     }
 
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let voters: BTreeMap<u64, BasicNode> = self
             .fleet
             .bootstrap_voters()
@@ -295,7 +294,7 @@ impl Admin for AdminService {
         &self,
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         self.must_lead()?;
         let id = req.into_inner().node_id;
         let node = self.peer_node(id)?;
@@ -318,7 +317,7 @@ impl Admin for AdminService {
         &self,
         req: Request<PromoteRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         self.must_lead()?;
         let id = req.into_inner().node_id;
         match self.members().iter().find(|m| m.node_id == id) {
@@ -347,7 +346,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         self.must_lead()?;
         let id = req.into_inner().node_id;
         let members = self.members();
@@ -374,7 +373,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let applied = self
             .raft
             .metrics()
@@ -404,7 +403,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetFleetKeysRequest>,
     ) -> Result<Response<FleetKeys>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         Ok(Response::new(self.frontend.public_keys().await?))
     }
 
@@ -412,7 +411,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SetBundleRequest>,
     ) -> Result<Response<SetBundleReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let signed = req.into_inner().signed_bundle;
         let keys = self.frontend.public_keys().await?;
         let epoch = crate::transparency::check_bundle(&signed, &keys)?;
@@ -434,7 +433,7 @@ impl Admin for AdminService {
         &self,
         req: Request<PreloadRequest>,
     ) -> Result<Response<PreloadReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let r = req.into_inner();
         let digest = [
             b"preload".as_slice(),
@@ -463,7 +462,7 @@ impl Admin for AdminService {
         &self,
         req: Request<EvidenceRequest>,
     ) -> Result<Response<EvidenceReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let nonce = req.into_inner().nonce;
         crate::transparency::evidence(self.node_id, &self.fleet, &self.hsm, &nonce)
             .await

@@ -17,10 +17,7 @@ use prost::Message;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use tonic::{Code, Request, Response, Status};
-use vault_core::protocol::{
-    FleetSecrets, MAX_OPAQUE_MESSAGE, MAX_SEALED_PAYLOAD, ServerLoginState, StoredRecord,
-    hpke_key_aad, record_aad,
-};
+use vault_fleet::config::Fleet;
 use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_server::Frontend;
@@ -31,8 +28,10 @@ use vault_proto::v1::{
     RegisterFinishRequest, RegisterStartReply, RegisterStartRequest, UserStatusReply,
     UserStatusRequest,
 };
-use vault_raft::config::Fleet;
-use vault_raft::peer::Gatekeeper;
+use vault_protocol::{
+    FleetSecrets, MAX_OPAQUE_MESSAGE, MAX_SEALED_PAYLOAD, ServerLoginState, StoredRecord,
+    hpke_key_aad, record_aad,
+};
 use vault_raft::proposer::{ProposeError, Proposer};
 use vault_storage::StateReader;
 use vault_types::{
@@ -212,7 +211,7 @@ impl FrontendService {
                     &self.metrics,
                     "unseal",
                     self.hsm.unseal(
-                        vault_core::opaque::server_setup_aad(&fleet.fleet_id),
+                        vault_protocol::suite::server_setup_aad(&fleet.fleet_id),
                         fleet.sealed_server_setup.0.clone(),
                     ),
                 )
@@ -377,7 +376,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<RegisterStartRequest>,
     ) -> Result<Response<RegisterStartReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
         let request = bounded(
@@ -399,7 +398,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<RegisterFinishRequest>,
     ) -> Result<Response<RegisterFinishReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
         let sealed = bounded(
@@ -475,13 +474,13 @@ impl Frontend for FrontendService {
         &self,
         req: Request<RecoverStartRequest>,
     ) -> Result<Response<RecoverStartReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
         let ke1 = bounded(&r.ke1, MAX_OPAQUE_MESSAGE, "ke1")?;
         let id = request_id(&r.request_id)?;
         // Junk must not cost the user an attempt: parse before committing.
-        vault_core::protocol::check_ke1(ke1).map_err(|e| invalid(e.to_string()))?;
+        vault_protocol::check_ke1(ke1).map_err(|e| invalid(e.to_string()))?;
         let secrets = self.secrets().await?;
         // The digest binds the request id to this KE1: a retry with another
         // KE1 (another password guess) under the same id is refused.
@@ -540,7 +539,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<RecoverFinishRequest>,
     ) -> Result<Response<RecoverFinishReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let ke3 = bounded(&r.ke3, MAX_OPAQUE_MESSAGE, "ke3")?;
         let session = self.take_session(&r.session_id)?;
@@ -599,7 +598,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<UserStatusRequest>,
     ) -> Result<Response<UserStatusReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let user = user_id(&req.into_inner().user_id)?;
         self.proposer.read_barrier().await.map_err(propose_failed)?;
         let reply = match self.reader.status(&user) {
@@ -632,7 +631,7 @@ impl Frontend for FrontendService {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
         let id = request_id(&r.request_id)?;
@@ -647,7 +646,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<GetFleetBundleRequest>,
     ) -> Result<Response<FleetKeys>, Status> {
-        Gatekeeper::frontend(&req)?;
+        vault_fleet::callers::frontend(&req)?;
         let secrets = self.secrets().await?;
         Ok(Response::new(self.fleet_keys(&secrets)))
     }

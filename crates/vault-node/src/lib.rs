@@ -9,7 +9,7 @@
 //! - [`metrics`]: Prometheus metrics and the per-call measuring layer;
 //! - [`http`]: the `/metrics`, `/ready`, `/live` endpoint.
 //!
-//! The fleet file is parsed by `vault_raft::config`.
+//! The fleet file is parsed by `vault_fleet::config`.
 
 pub mod admin;
 pub mod frontend;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vault_raft::config::Fleet;
+use vault_fleet::config::Fleet;
 
 /// Runs one node of a Backup Key Vault fleet.
 ///
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    vault_raft::tls::install_crypto_provider();
+    vault_fleet::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

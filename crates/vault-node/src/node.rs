@@ -9,15 +9,15 @@ use openraft::storage::RaftLogStorage;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use vault_fleet::config::{Fleet, HsmModule, NodeConfig};
+use vault_fleet::tls::server_config;
 use vault_hsm::{AsyncHsm, HsmConfig, PinSource, Pkcs11Hsm};
 use vault_proto::v1::admin_server::AdminServer;
 use vault_proto::v1::peer_server::PeerServer;
 use vault_raft::Raft;
-use vault_raft::config::{Fleet, HsmModule, NodeConfig};
 use vault_raft::network::{MAX_MESSAGE, Network, PeerChannels};
 use vault_raft::peer::{Gatekeeper, PeerService};
 use vault_raft::proposer::{Batcher, Proposer};
-use vault_raft::tls::server_config;
 
 use crate::admin::AdminService;
 use crate::metrics::{Metrics, RpcLayer};

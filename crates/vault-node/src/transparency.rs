@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tonic::Status;
+use vault_fleet::config::Fleet;
 use vault_hsm::{AsyncHsm, Hsm, Pkcs11Hsm};
 use vault_proto::v1::{EvidenceReply, FleetKeys};
-use vault_raft::config::Fleet;
 use vault_transparency::evidence::{KeyReportInfo, NodeStatement, signed_bytes};
 use vault_transparency::{Bundle, SignedBundle};
 

@@ -1,8 +1,11 @@
-//! Generated gRPC code of the vault's protocols (`proto/vault/v1`): the peer
-//! API between nodes and the operator's admin API.
+//! Generated gRPC code of the vault's protocols (`proto/vault/v1`): the
+//! frontend API (frontends call nodes), the peer API between nodes, the
+//! operator's admin API, and the witness API.
 //!
 //! The generated items carry the `.proto` comments as their docs; see
 //! `proto/vault/v1/*.proto` for what each message means.
+
+pub mod convert;
 
 /// `package vault.v1`.
 pub mod v1 {

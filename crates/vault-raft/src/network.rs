@@ -32,8 +32,8 @@ use vault_proto::v1::peer_client::PeerClient;
 use vault_proto::v1::{RaftMessage, SnapshotChunk};
 
 use crate::TypeConfig;
-use crate::tls::{CertFiles, client_config_for_node};
 use crate::wire;
+use vault_fleet::tls::{CertFiles, client_config_for_node};
 
 /// Size of one snapshot piece on the wire.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;

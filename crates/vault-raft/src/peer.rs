@@ -2,7 +2,7 @@
 //!
 //! TLS has already verified the caller's certificate against the fleet CA.
 //! Here every call additionally needs the certificate to name a node
-//! ([`crate::identity`]) that is a member of the fleet as this node knows it
+//! (`vault_fleet::identity`) that is a member of the fleet as this node knows it
 //! (any node of the fleet file while this node has no membership yet, so a
 //! new node can be reached by the leader). Where a message claims to come
 //! from a node (a leader's vote in AppendEntries and InstallSnapshot, a
@@ -21,7 +21,6 @@ use vault_proto::v1::{
 };
 use vault_types::codec;
 
-use crate::identity::{Identity, identity_of_known};
 use crate::network::SnapshotHeader;
 use crate::proposer::{Batcher, WriteError};
 use crate::{Raft, wire};
@@ -43,47 +42,9 @@ impl Gatekeeper {
         Gatekeeper { raft, fleet_nodes }
     }
 
-    /// The identity in the caller's (TLS-verified) certificate.
-    pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        identity_of_known(leaf).map_err(|e| Status::permission_denied(e.to_string()))
-    }
-
-    /// The caller must be the operator.
-    pub fn operator<T>(req: &Request<T>) -> Result<(), Status> {
-        match Self::caller(req)? {
-            Identity::Operator => Ok(()),
-            other => Err(Status::permission_denied(format!(
-                "{other} may not call the admin API"
-            ))),
-        }
-    }
-
-    /// The caller must be a frontend; returns its name.
-    pub fn frontend<T>(req: &Request<T>) -> Result<String, Status> {
-        match Self::caller(req)? {
-            Identity::Frontend(name) => Ok(name),
-            other => Err(Status::permission_denied(format!(
-                "{other} may not call the frontend API"
-            ))),
-        }
-    }
-
     /// The caller must be a member node; returns its id.
     pub fn member_node<T>(&self, req: &Request<T>) -> Result<u64, Status> {
-        let id = match Self::caller(req)? {
-            Identity::Node(id) => id,
-            other => {
-                return Err(Status::permission_denied(format!(
-                    "{other} may not call the peer API"
-                )));
-            }
-        };
+        let id = vault_fleet::callers::node(req)?;
         if !self.fleet_nodes.contains(&id) {
             return Err(Status::permission_denied(format!(
                 "node {id} is not in this node's fleet file"

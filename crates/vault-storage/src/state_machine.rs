@@ -30,8 +30,10 @@ struct Applied {
 }
 
 /// The state machine of one node. The state lives in memory and in RocksDB;
-/// every apply writes what changed, with the applied log id, in one synced
-/// batch.
+/// every apply hands what changed, with the applied log id, as one batch to
+/// the writer thread, not synced: the entries it came from are durable in
+/// the log, and a crash that loses the tail of the applies makes openraft
+/// apply them again.
 #[derive(Debug)]
 pub struct StateMachineStore {
     db: Arc<Db>,

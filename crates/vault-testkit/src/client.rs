@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use vault_fleet::identity::node_dns_name;
 use vault_proto::v1::peer_client::PeerClient;
 use vault_proto::v1::{ForwardRequest, RaftMessage};
-use vault_raft::identity::node_dns_name;
 use vault_types::{
     Command, Proposal, Reply, RequestDigest, RequestId, RequestMeta, SealedBytes, Timestamp,
     UserId, codec,
@@ -55,7 +55,7 @@ pub async fn connect(
 
 /// A single-threaded runtime for sync tests.
 pub fn runtime() -> tokio::runtime::Runtime {
-    vault_raft::tls::install_crypto_provider();
+    vault_fleet::tls::install_crypto_provider();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -65,7 +65,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// Proposes commands through the peer API's Forward call, holding node
 /// `as_node`'s certificate.
 pub struct Driver {
-    fleet: vault_raft::config::Fleet,
+    fleet: vault_fleet::config::Fleet,
     as_node: u64,
     rt: tokio::runtime::Runtime,
 }

@@ -1,7 +1,6 @@
 //! A fleet of real node processes for one test.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -9,213 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use tempfile::TempDir;
 
-use crate::process::{Bins, free_ports, signal};
-
-/// What a test fleet looks like.
-#[derive(Clone, Debug)]
-pub struct FleetSpec {
-    /// Nodes in the fleet file (ids 1..=nodes).
-    pub nodes: u64,
-    /// The first `bootstrap` of them are voters at init; the others join
-    /// later with `vaultctl cluster add-node`.
-    pub bootstrap: u64,
-    /// Build a snapshot after this many entries (small values make tests of
-    /// log purging and snapshot install quick).
-    pub snapshot_after_logs: u64,
-    /// Log entries kept behind a snapshot.
-    pub keep_logs_after_snapshot: u64,
-    /// Put a proxy's addresses in the membership: each node advertises a
-    /// `peer_addr` that a [`crate::proxy::FaultProxy`] listens on, listens
-    /// itself on another port, and connects to peers from its own loopback
-    /// address [`source_ip`] so that the proxy can tell the links apart.
-    pub proxied: bool,
-    /// The `wan` timer profile (heartbeat 500 ms, election 1500–3000 ms)
-    /// instead of the test's fast LAN timers. openraft uses the heartbeat
-    /// interval as the AppendEntries deadline, so a follower farther than
-    /// that from the leader never catches up on LAN timers.
-    pub wan_timers: bool,
-}
-
-/// The loopback address node `id`'s peer connections come from in a
-/// proxied fleet.
-pub fn source_ip(id: u64) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::new(127, 0, 1, id as u8)
-}
-
-impl FleetSpec {
-    /// `n` nodes, all voters, default compaction.
-    pub fn voters(n: u64) -> FleetSpec {
-        FleetSpec {
-            nodes: n,
-            bootstrap: n,
-            snapshot_after_logs: 10_000,
-            keep_logs_after_snapshot: 1_000,
-            proxied: false,
-            wan_timers: false,
-        }
-    }
-}
-
-/// Ports a test fleet takes per node: frontend, peer, metrics, and the
-/// peer port behind a proxy.
-const PORTS_PER_NODE: usize = 4;
-
-/// Election timeout bounds the test fleet file sets (ms).
-pub const ELECTION_MS: (u64, u64) = (500, 1000);
-
-/// HSM tokens, PINs and certificates for up to `nodes` nodes, provisioned
-/// once and copied into each [`TestFleet`].
-pub struct Template {
-    dir: TempDir,
-    nodes: u64,
-    bins: Bins,
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}{}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-fn write_pin(path: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let pin: String = (0..16)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(pin.as_bytes())?;
-    Ok(())
-}
-
-impl Template {
-    /// Provisions SoftHSM tokens for nodes 1..=`nodes` (node 1 makes the
-    /// KEK; the ceremony copies it to the others), PIN files and every
-    /// certificate. Takes a few seconds.
-    pub fn provision(nodes: u64) -> anyhow::Result<Template> {
-        let bins = Bins::locate()?;
-        let dir = tempfile::Builder::new()
-            .prefix("bkv-fleet-template-")
-            .tempdir()?;
-        let root = dir.path().to_owned();
-        let root = root.as_path();
-        std::fs::create_dir_all(root.join("secrets"))?;
-        for n in 1..=nodes {
-            for kind in ["so", "user"] {
-                write_pin(&root.join(format!("secrets/node-{n}.{kind}.pin")))?;
-            }
-            let mut init = Command::new(&bins.vaultctl);
-            init.args(["hsm", "init", "--softhsm-dir"])
-                .arg(root.join(format!("hsm/node-{n}")))
-                .args(["--label", &format!("node-{n}"), "--so-pin-file"])
-                .arg(root.join(format!("secrets/node-{n}.so.pin")))
-                .arg("--user-pin-file")
-                .arg(root.join(format!("secrets/node-{n}.user.pin")));
-            if n == 1 {
-                init.arg("--kek");
-            }
-            run(&mut init)?;
-            if n > 1 {
-                run(Command::new(&bins.vaultctl)
-                    .args(["hsm", "ceremony", "--from-dir"])
-                    .arg(root.join("hsm/node-1"))
-                    .args(["--from-label", "node-1", "--from-so-pin-file"])
-                    .arg(root.join("secrets/node-1.so.pin"))
-                    .arg("--from-user-pin-file")
-                    .arg(root.join("secrets/node-1.user.pin"))
-                    .arg("--to-dir")
-                    .arg(root.join(format!("hsm/node-{n}")))
-                    .args(["--to-label", &format!("node-{n}"), "--to-user-pin-file"])
-                    .arg(root.join(format!("secrets/node-{n}.user.pin"))))?;
-            }
-        }
-        // The operator's token: the key that counter-signs bundles.
-        for kind in ["so", "user"] {
-            write_pin(&root.join(format!("secrets/operator.{kind}.pin")))?;
-        }
-        run(Command::new(&bins.vaultctl)
-            .args(["hsm", "init", "--operator", "--softhsm-dir"])
-            .arg(root.join("hsm/operator"))
-            .args(["--label", "operator", "--so-pin-file"])
-            .arg(root.join("secrets/operator.so.pin"))
-            .arg("--user-pin-file")
-            .arg(root.join("secrets/operator.user.pin")))?;
-        let template = Template { dir, nodes, bins };
-        let config = template.write_config(
-            root,
-            &FleetSpec::voters(nodes),
-            &free_ports(PORTS_PER_NODE * nodes as usize)?,
-        )?;
-        run(Command::new(&template.bins.vaultctl)
-            .args(["pki", "init", "--frontend", "test", "--config"])
-            .arg(&config)
-            .arg("--fleet-dir")
-            .arg(root))?;
-        std::fs::remove_file(config)?;
-        Ok(template)
-    }
-
-    /// The binaries.
-    pub fn bins(&self) -> &Bins {
-        &self.bins
-    }
-
-    fn write_config(&self, dir: &Path, spec: &FleetSpec, ports: &[u16]) -> anyhow::Result<PathBuf> {
-        let timers = if spec.wan_timers {
-            (500, 1500, 3000)
-        } else {
-            (100, ELECTION_MS.0, ELECTION_MS.1)
-        };
-        let mut t = String::new();
-        let _ = write!(
-            t,
-            "version = 1\nfleet_id = \"test\"\nmax_attempts_cap = 10\n\n[raft]\n\
-             heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             snapshot_after_logs = {}\nkeep_logs_after_snapshot = {}\n\n[tls]\n\
-             fleet_ca = \"pki/fleet-ca.pem\"\nfrontend_ca = \"pki/frontend-ca.pem\"\n\
-             operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"\n",
-            timers.0, timers.1, timers.2, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
-        );
-        for n in 1..=spec.nodes {
-            let i = (n - 1) as usize * PORTS_PER_NODE;
-            let _ = write!(
-                t,
-                "\n[[node]]\nid = {n}\ndatacenter = \"dc-{n}\"\n\
-                 frontend_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
-                 data_dir = \"node-{n}/data\"\nbootstrap = {}\n\
-                 hsm = {{ module = \"softhsm\", softhsm_dir = \"hsm/node-{n}\", token_label = \"node-{n}\", pin_file = \"secrets/node-{n}.user.pin\", sessions = 2 }}\n\
-                 tls = {{ cert = \"pki/node-{n}.pem\", key = \"pki/node-{n}.key\" }}\n",
-                ports[i],
-                ports[i + 1],
-                ports[i + 2],
-                n <= spec.bootstrap
-            );
-            if spec.proxied {
-                let _ = writeln!(
-                    t,
-                    "peer_bind_addr = \"127.0.0.1:{}\"\npeer_source_ip = \"{}\"",
-                    ports[i + 3],
-                    source_ip(n)
-                );
-            }
-        }
-        let path = dir.join("fleet.toml");
-        std::fs::write(&path, t)?;
-        Ok(path)
-    }
-}
+use crate::process::{Bins, free_ports, run, signal};
+use crate::spec::{FleetSpec, PORTS_PER_NODE};
+use crate::template::Template;
 
 /// One node process.
 struct Node {
@@ -264,7 +59,7 @@ pub struct TestFleet {
     dir: TempDir,
     config: PathBuf,
     bins: Bins,
-    fleet: vault_raft::config::Fleet,
+    fleet: vault_fleet::config::Fleet,
     running: BTreeMap<u64, Node>,
     starts: BTreeMap<u64, u32>,
     witness: Option<crate::witness::TestWitness>,
@@ -298,7 +93,7 @@ impl TestFleet {
         }
         let ports = free_ports(PORTS_PER_NODE * spec.nodes as usize)?;
         let config = template.write_config(dir.path(), spec, &ports)?;
-        let fleet = vault_raft::config::Fleet::load(&config, dir.path())?;
+        let fleet = vault_fleet::config::Fleet::load(&config, dir.path())?;
         Ok(TestFleet {
             dir,
             config,
@@ -322,7 +117,7 @@ impl TestFleet {
     }
 
     /// The parsed fleet file.
-    pub fn fleet(&self) -> &vault_raft::config::Fleet {
+    pub fn fleet(&self) -> &vault_fleet::config::Fleet {
         &self.fleet
     }
 

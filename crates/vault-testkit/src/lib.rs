@@ -21,6 +21,8 @@ pub mod client;
 mod fleet;
 mod process;
 pub mod proxy;
+mod spec;
+mod template;
 pub mod witness;
 
 /// A fleet test: gets the shared template, fails with an error.
@@ -54,5 +56,7 @@ pub fn run_fleet_tests(
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-pub use fleet::{ELECTION_MS, FleetSpec, Template, TestFleet, node_status, source_ip};
+pub use fleet::{TestFleet, node_status};
 pub use process::{Bins, free_ports};
+pub use spec::{ELECTION_MS, FleetSpec, source_ip};
+pub use template::Template;

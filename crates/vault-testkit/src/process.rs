@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
+use std::process::{Command, Output};
 
 /// The binaries a fleet test runs.
 #[derive(Clone, Debug)]
@@ -115,4 +116,19 @@ pub(crate) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
         bail!("kill -{signal} {pid} failed");
     }
     Ok(())
+}
+
+/// Runs `cmd` to completion; fails with its output unless it succeeded.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }

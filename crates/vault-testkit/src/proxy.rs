@@ -160,7 +160,7 @@ impl FaultProxy {
     /// [`crate::FleetSpec::proxied`]) and the map of its nodes' source
     /// addresses.
     pub fn routes_of(
-        fleet: &vault_raft::config::Fleet,
+        fleet: &vault_fleet::config::Fleet,
     ) -> anyhow::Result<(Vec<Route>, HashMap<IpAddr, u64>)> {
         let mut routes = Vec::new();
         let mut sources = HashMap::new();

@@ -1,8 +1,7 @@
 //! The commands that go through the Raft log.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::codec;
 use crate::ids::{FleetId, Generation, RequestDigest, RequestId, SealedBytes, Timestamp, UserId};
 
 /// A request id and the digest of the request body it was first used with.
@@ -96,7 +95,7 @@ pub const MAX_PRELOAD_PER_ENTRY: u32 = 10_000;
 /// One log entry's payload: a command, when it was proposed, and the request
 /// it answers.
 ///
-/// Serialised as one byte string holding [`codec::encode_proposal`]'s
+/// Serialised as one byte string holding [`crate::codec::encode_proposal`]'s
 /// output, so every entry, on disk and on the wire, starts with its format
 /// version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,55 +114,9 @@ pub struct Proposal {
 /// machine applies them one after another as if they were consecutive
 /// entries. Never empty.
 ///
-/// Serialised as one byte string holding [`codec::encode_batch`]'s output.
+/// Serialised as one byte string holding [`crate::codec::encode_batch`]'s output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch(pub Vec<Proposal>);
 
 /// The most proposals one log entry carries.
 pub const MAX_BATCH: usize = 64;
-
-impl Serialize for Batch {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = codec::encode_batch(self).map_err(serde::ser::Error::custom)?;
-        s.serialize_bytes(&bytes)
-    }
-}
-
-impl<'de> Deserialize<'de> for Batch {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Batch;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a versioned batch of proposals")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Batch, E> {
-                codec::decode_batch(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}
-
-impl Serialize for Proposal {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = codec::encode_proposal(self).map_err(serde::ser::Error::custom)?;
-        s.serialize_bytes(&bytes)
-    }
-}
-
-impl<'de> Deserialize<'de> for Proposal {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Proposal;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a versioned proposal")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
-                codec::decode_proposal(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
-use vault_raft::identity::Identity;
-use vault_raft::pki::{Authority, write_file};
-use vault_raft::tls::CertFiles;
+use vault_fleet::identity::Identity;
+use vault_fleet::pki::{Authority, write_file};
+use vault_fleet::tls::CertFiles;
 use zeroize::Zeroizing;
 
 /// File names in a witness directory.

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    vault_raft::tls::install_crypto_provider();
+    vault_fleet::tls::install_crypto_provider();
     match run(args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

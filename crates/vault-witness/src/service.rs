@@ -7,14 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use vault_proto::convert::tree_head_to_pb;
 use vault_proto::v1::witness_server::{Witness, WitnessServer};
 use vault_proto::v1::{
     Entries, GetConsistencyProofRequest, GetEntriesRequest, GetInclusionProofRequest,
     GetPublicKeyRequest, GetTreeHeadRequest, GetTreeHeadsRequest, Proof, PublicKey, SubmitReply,
     SubmitRequest, TreeHead as PbHead, TreeHeads,
 };
-use vault_raft::peer::Gatekeeper;
-use vault_transparency::head::TreeHead;
 
 use crate::log::{SubmitError, WitnessLog};
 
@@ -41,34 +40,15 @@ impl WitnessService {
     }
 }
 
-/// The protobuf form of a tree head.
-pub fn to_pb(h: &TreeHead) -> PbHead {
-    PbHead {
-        tree_size: h.tree_size,
-        timestamp_ms: h.timestamp_ms,
-        root_hash: h.root.to_vec(),
-        signature: h.signature.clone(),
-    }
-}
-
-/// A tree head from its protobuf form.
-pub fn from_pb(h: &PbHead) -> Result<TreeHead, String> {
-    Ok(TreeHead {
-        tree_size: h.tree_size,
-        timestamp_ms: h.timestamp_ms,
-        root: h
-            .root_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| "tree head root is not 32 bytes".to_owned())?,
-        signature: h.signature.clone(),
-    })
-}
-
+/// A refused submission as a status. An equivocation (another bundle for
+/// this fleet and epoch is logged) has a code of its own, `ALREADY_EXISTS`,
+/// because a publisher completes the logged bundle on it: clients decide by
+/// the code, never by the message text.
 fn submit_status(e: SubmitError) -> Status {
     match e {
         SubmitError::Malformed(m) => Status::invalid_argument(m),
         SubmitError::Storage(m) => Status::unavailable(m),
+        e @ SubmitError::Equivocation { .. } => Status::already_exists(e.to_string()),
         other => Status::failed_precondition(other.to_string()),
     }
 }
@@ -82,7 +62,7 @@ fn now_ms() -> u64 {
 #[tonic::async_trait]
 impl Witness for WitnessService {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
-        Gatekeeper::operator(&req)?;
+        vault_fleet::callers::operator(&req)?;
         let bundle = req.into_inner().bundle;
         let log = self.log.clone();
         // The append fsyncs: keep it off the async workers.
@@ -103,7 +83,7 @@ impl Witness for WitnessService {
         Ok(Response::new(SubmitReply {
             witness_signature: appended.witness_signature,
             log_index: appended.index,
-            tree_head: Some(to_pb(&appended.head)),
+            tree_head: Some(tree_head_to_pb(&appended.head)),
             inclusion_proof: appended
                 .inclusion_proof
                 .iter()
@@ -117,7 +97,9 @@ impl Witness for WitnessService {
         &self,
         _: Request<GetTreeHeadRequest>,
     ) -> Result<Response<PbHead>, Status> {
-        Ok(Response::new(self.with_log(|l| to_pb(&l.latest_head()))))
+        Ok(Response::new(
+            self.with_log(|l| tree_head_to_pb(&l.latest_head())),
+        ))
     }
 
     async fn get_tree_heads(
@@ -125,7 +107,7 @@ impl Witness for WitnessService {
         _: Request<GetTreeHeadsRequest>,
     ) -> Result<Response<TreeHeads>, Status> {
         Ok(Response::new(TreeHeads {
-            heads: self.with_log(|l| l.heads().iter().map(to_pb).collect()),
+            heads: self.with_log(|l| l.heads().iter().map(tree_head_to_pb).collect()),
         }))
     }
 
@@ -185,7 +167,7 @@ impl Witness for WitnessService {
 pub async fn serve(
     service: WitnessService,
     addr: SocketAddr,
-    tls: &vault_raft::tls::CertFiles,
+    tls: &vault_fleet::tls::CertFiles,
     operator_ca: &std::path::Path,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {

@@ -3,9 +3,11 @@ use rand_chacha::rand_core::SeedableRng;
 
 use super::client::{Login, Registration, argon2id};
 use super::*;
+use crate::suite;
+use vault_types::{FleetId, Generation, UserId};
 
 fn fleet() -> FleetSecrets {
-    let setup = crate::opaque::new_server_setup([1; 32]);
+    let setup = suite::new_server_setup([1; 32]);
     let hpke = new_hpke_key([2; 32]);
     FleetSecrets::new(FleetId::new("f").unwrap(), &setup, &hpke).unwrap()
 }
@@ -123,7 +125,7 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
     );
     let other = FleetSecrets::new(
         FleetId::new("other").unwrap(),
-        &crate::opaque::new_server_setup([1; 32]),
+        &suite::new_server_setup([1; 32]),
         &new_hpke_key([2; 32]),
     )
     .unwrap();
@@ -167,7 +169,7 @@ fn record_aad_binds_fleet_user_and_generation() {
     assert_ne!(base, record_aad(&f2, &user("u"), Generation(1)));
     assert_ne!(base, record_aad(&f1, &user("v"), Generation(1)));
     assert_ne!(base, record_aad(&f1, &user("u"), Generation(2)));
-    assert_ne!(hpke_key_aad(&f1), crate::opaque::server_setup_aad(&f1));
+    assert_ne!(hpke_key_aad(&f1), suite::server_setup_aad(&f1));
 }
 
 #[test]

@@ -1,0 +1,133 @@
+//! This machine's single-core ceilings, measured before a run with
+//! `--ceiling`: OPAQUE server logins per second (the protocol's CPU cost)
+//! and SoftHSM unseals per second (in a throwaway token).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use vault_hsm::softhsm::{self, SoftHsmDir};
+use vault_types::UserId;
+
+use crate::PASSWORD;
+
+/// This machine's single-core rates, measured before the run.
+pub struct Ceiling {
+    /// OPAQUE server logins per second on one core.
+    pub opaque_logins_per_s: f64,
+    /// SoftHSM unseals per second on one core.
+    pub hsm_unseals_per_s: f64,
+}
+
+/// Measures both ceilings (about four seconds), the HSM one in a throwaway
+/// token in `dir`.
+pub fn measure(dir: &SoftHsmDir) -> anyhow::Result<Ceiling> {
+    eprintln!("measuring the single-core OPAQUE server ceiling (2 s)…");
+    let opaque_logins_per_s = opaque_ceiling()?;
+    eprintln!("measuring single-core SoftHSM unseals (2 s, a throwaway token)…");
+    let hsm_unseals_per_s = hsm_ceiling(dir).context("HSM ceiling")?;
+    Ok(Ceiling {
+        opaque_logins_per_s,
+        hsm_unseals_per_s,
+    })
+}
+
+/// Single-core OPAQUE server logins per second (login_start + finish),
+/// measured in-process for about two seconds.
+fn opaque_ceiling() -> anyhow::Result<f64> {
+    use rand::rngs::OsRng;
+    use vault_protocol::client::{Login, Registration, argon2id};
+    use vault_protocol::{FleetSecrets, new_hpke_key};
+    let fleet = vault_types::FleetId::new("ceiling")?;
+    let secrets = FleetSecrets::new(
+        fleet.clone(),
+        &vault_protocol::suite::new_server_setup([1; 32]),
+        &new_hpke_key([2; 32]),
+    )?;
+    let user = UserId::new("ceiling")?;
+    let ksf = argon2id(256, 1, 1)?;
+    let (reg, req) = Registration::start(&mut OsRng, PASSWORD)?;
+    let resp = secrets.register_start(&user, &req)?;
+    let out = reg.finish(
+        &mut OsRng,
+        PASSWORD,
+        &resp,
+        &user,
+        &fleet,
+        secrets.hpke_public_key(),
+        &ksf,
+        &[0; 32],
+    )?;
+    let record = secrets.register_finish(&user, &out.sealed)?;
+    // Client messages are prepared outside the timed loop.
+    let mut inputs = Vec::new();
+    for _ in 0..64 {
+        let (login, ke1) = Login::start(&mut OsRng, PASSWORD)?;
+        inputs.push((login, ke1));
+    }
+    let mut server_time = Duration::ZERO;
+    let mut n = 0u64;
+    let wall = Instant::now();
+    while wall.elapsed() < Duration::from_secs(2) {
+        let Some((login, ke1)) = inputs.pop() else {
+            for _ in 0..64 {
+                inputs.push(Login::start(&mut OsRng, PASSWORD)?);
+            }
+            continue;
+        };
+        let t = Instant::now();
+        let (ke2, state) = secrets.login_start(&mut OsRng, &user, &record, &ke1)?;
+        server_time += t.elapsed();
+        let ok = login.finish(&mut OsRng, PASSWORD, &ke2, &user, &fleet, &ksf)?;
+        let t = Instant::now();
+        state.finish(&mut OsRng, &ok.ke3, &record.enc_k)?;
+        server_time += t.elapsed();
+        n += 1;
+    }
+    Ok(n as f64 / server_time.as_secs_f64())
+}
+
+/// Single-core SoftHSM unseals per second (AES-256-GCM of a stored
+/// record's size under a fresh KEK), measured for about two seconds in a
+/// throwaway token in `dir`.
+fn hsm_ceiling(dir: &SoftHsmDir) -> anyhow::Result<f64> {
+    use std::os::unix::fs::PermissionsExt;
+    use vault_hsm::provision::{InitRequest, init_token};
+    use vault_hsm::{Hsm, HsmConfig, PinSource, Pkcs11Hsm, SecretBytes};
+    let module = softhsm::find_module()?;
+    let pin = |_| {
+        let mut b = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        SecretBytes::new(hex::encode(b).into_bytes())
+    };
+    let (so_pin, user_pin) = (pin(()), pin(()));
+    let label = "bench-ceiling";
+    init_token(&InitRequest {
+        module: &module,
+        label,
+        so_pin: &so_pin,
+        user_pin: &user_pin,
+        generate_kek: true,
+    })?;
+    let pin_file = dir.root().join("bench.pin");
+    std::fs::write(&pin_file, user_pin.expose())?;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+    let hsm = Pkcs11Hsm::open(&HsmConfig {
+        module,
+        token_label: label.to_owned(),
+        pin: PinSource::File(pin_file),
+        sessions: 1,
+    })?;
+    let aad = b"vault-bench ceiling";
+    let blob = hsm.seal(aad, &[0x5a; RECORD_PLAINTEXT_LEN])?;
+    let mut n = 0u64;
+    let wall = Instant::now();
+    while wall.elapsed() < Duration::from_secs(2) {
+        hsm.unseal(aad, &blob)?;
+        n += 1;
+    }
+    Ok(n as f64 / wall.elapsed().as_secs_f64())
+}
+
+/// About the plaintext size of a stored user record (what RecoverStart
+/// unseals).
+const RECORD_PLAINTEXT_LEN: usize = 288;

@@ -1,0 +1,207 @@
+//! The app side of the protocol. `ksf` is the Argon2id instance that
+//! stretches the password; recovery must use the same parameters as the
+//! registration did.
+
+use hpke::{Deserializable, OpModeS, Serializable};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use rand_core::{CryptoRng, RngCore};
+use vault_types::{FleetId, UserId};
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    HpkeAead, HpkeKdf, HpkeKem, bounded, hpke_aad, identifiers, open_answer, unwrap_key, wrap_key,
+};
+use crate::formats::RegisterPayload;
+use crate::suite::Suite;
+use crate::{CONTEXT, HPKE_INFO, KEY_LEN, MAX_OPAQUE_MESSAGE, ProtocolError};
+
+/// Argon2id with `m_kib` KiB of memory, `t` passes, `p` lanes.
+pub fn argon2id(m_kib: u32, t: u32, p: u32) -> Result<argon2::Argon2<'static>, ProtocolError> {
+    let params = argon2::Params::new(m_kib, t, p, Some(64))
+        .map_err(|_| ProtocolError::Internal("Argon2 parameters"))?;
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
+/// Registration, first half: the request to send.
+pub struct Registration {
+    state: ClientRegistration<Suite>,
+}
+
+impl Registration {
+    /// Starts a registration with `password`; returns the state and the
+    /// `RegistrationRequest` for `RegisterStart`.
+    pub fn start(
+        rng: &mut (impl CryptoRng + RngCore),
+        password: &[u8],
+    ) -> Result<(Registration, Vec<u8>), ProtocolError> {
+        let started = ClientRegistration::<Suite>::start(rng, password)
+            .map_err(|_| ProtocolError::Internal("OPAQUE registration"))?;
+        Ok((
+            Registration {
+                state: started.state,
+            },
+            started.message.serialize().to_vec(),
+        ))
+    }
+
+    /// Finishes it with the server's response: wraps `k` under the export
+    /// key and seals `{upload, enc_K}` to the fleet's HPKE key.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a distinct protocol input"
+    )]
+    pub fn finish(
+        self,
+        rng: &mut (impl CryptoRng + RngCore),
+        password: &[u8],
+        response: &[u8],
+        user: &UserId,
+        fleet: &FleetId,
+        fleet_hpke_pk: &[u8],
+        ksf: &argon2::Argon2<'static>,
+        k: &[u8; KEY_LEN],
+    ) -> Result<RegistrationOutput, ProtocolError> {
+        let response = RegistrationResponse::<Suite>::deserialize(bounded(
+            response,
+            MAX_OPAQUE_MESSAGE,
+            "registration response",
+        )?)
+        .map_err(|_| ProtocolError::Malformed("registration response"))?;
+        let params = ClientRegistrationFinishParameters::new(identifiers(user, fleet), Some(ksf));
+        let done = self
+            .state
+            .finish(rng, password, response, params)
+            .map_err(|_| ProtocolError::Malformed("registration response"))?;
+        let enc_k = wrap_key(rng, &done.export_key, user, k);
+        let payload = RegisterPayload {
+            upload: done.message.serialize().to_vec(),
+            enc_k: enc_k.clone(),
+        };
+        let pk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(fleet_hpke_pk)
+            .map_err(|_| ProtocolError::Malformed("fleet HPKE key"))?;
+        let (encapped, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, HpkeKem, _>(
+            &OpModeS::Base,
+            &pk,
+            HPKE_INFO,
+            &payload.encode(),
+            &hpke_aad(fleet, user),
+            rng,
+        )
+        .map_err(|_| ProtocolError::Internal("HPKE seal"))?;
+        let mut sealed = encapped.to_bytes().to_vec();
+        sealed.extend_from_slice(&ct);
+        Ok(RegistrationOutput {
+            sealed,
+            server_public_key: done.server_s_pk.serialize().to_vec(),
+            export_key: Zeroizing::new(done.export_key.to_vec()),
+            upload: Zeroizing::new(payload.upload.clone()),
+            enc_k: Zeroizing::new(enc_k),
+        })
+    }
+}
+
+/// What a finished registration gives the app.
+pub struct RegistrationOutput {
+    /// The HPKE-sealed payload for `RegisterFinish` (safe to relay).
+    pub sealed: Vec<u8>,
+    /// The server's OPAQUE public key (check it against the bundle).
+    pub server_public_key: Vec<u8>,
+    /// The app's secret: the OPAQUE export key.
+    pub export_key: Zeroizing<Vec<u8>>,
+    /// The app's secret: the OPAQUE registration upload (the record).
+    pub upload: Zeroizing<Vec<u8>>,
+    /// The app's secret: K wrapped under the export key.
+    pub enc_k: Zeroizing<Vec<u8>>,
+}
+
+/// Recovery, first half: KE1.
+pub struct Login {
+    state: ClientLogin<Suite>,
+}
+
+/// What the client has after a KE2 that its password opened.
+pub struct LoginSuccess {
+    /// KE3, for `RecoverFinish`.
+    pub ke3: Vec<u8>,
+    session_key: Zeroizing<Vec<u8>>,
+    export_key: Zeroizing<Vec<u8>>,
+    /// The server's OPAQUE public key (to check against the bundle).
+    pub server_public_key: Vec<u8>,
+}
+
+impl Login {
+    /// Starts a login with `password`; returns the state and KE1.
+    pub fn start(
+        rng: &mut (impl CryptoRng + RngCore),
+        password: &[u8],
+    ) -> Result<(Login, Vec<u8>), ProtocolError> {
+        let started = ClientLogin::<Suite>::start(rng, password)
+            .map_err(|_| ProtocolError::Internal("OPAQUE login"))?;
+        Ok((
+            Login {
+                state: started.state,
+            },
+            started.message.serialize().to_vec(),
+        ))
+    }
+
+    /// Checks KE2 with the password. A wrong password is
+    /// [`ProtocolError::WrongPassword`]: the caller must not send KE3.
+    pub fn finish(
+        self,
+        rng: &mut (impl CryptoRng + RngCore),
+        password: &[u8],
+        ke2: &[u8],
+        user: &UserId,
+        fleet: &FleetId,
+        ksf: &argon2::Argon2<'static>,
+    ) -> Result<LoginSuccess, ProtocolError> {
+        let ke2 =
+            CredentialResponse::<Suite>::deserialize(bounded(ke2, MAX_OPAQUE_MESSAGE, "KE2")?)
+                .map_err(|_| ProtocolError::Malformed("KE2"))?;
+        let params =
+            ClientLoginFinishParameters::new(Some(CONTEXT), identifiers(user, fleet), Some(ksf));
+        let done = self
+            .state
+            .finish(rng, password, ke2, params)
+            .map_err(|e| match e {
+                opaque_ke::errors::ProtocolError::InvalidLoginError => ProtocolError::WrongPassword,
+                _ => ProtocolError::Malformed("KE2"),
+            })?;
+        Ok(LoginSuccess {
+            ke3: done.message.serialize().to_vec(),
+            session_key: Zeroizing::new(done.session_key.to_vec()),
+            export_key: Zeroizing::new(done.export_key.to_vec()),
+            server_public_key: done.server_s_pk.serialize().to_vec(),
+        })
+    }
+}
+
+impl LoginSuccess {
+    /// The app's secret: the OPAQUE export key of this login.
+    pub fn export_key(&self) -> &[u8] {
+        &self.export_key
+    }
+
+    /// Opens the `RecoverFinish` answer and unwraps K.
+    pub fn open(
+        &self,
+        answer: &[u8],
+        user: &UserId,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, ProtocolError> {
+        let enc_k = open_answer(&self.session_key, user, answer)?;
+        unwrap_key(&self.export_key, user, &enc_k)
+    }
+
+    /// The app's secret: the OPAQUE session key of this login.
+    pub fn session_key(&self) -> &[u8] {
+        &self.session_key
+    }
+}
