@@ -44,6 +44,16 @@ scripts/check-boundaries.sh
 bkv_log "cargo build (binaries for the multi-process tests, and the unsafe bite-test node)"
 bkv_build_all
 
+# The unsafe node must not build by accident: --all-features (the same
+# features bkv_build_all just built, so nothing recompiles) must fail in
+# vault-node's build script.
+bkv_log "cargo build --all-features must refuse the unsafe node"
+if out=$(cargo build --workspace --all-targets --locked --all-features 2>&1); then
+  echo "cargo build --all-features built the unsafe node; it must refuse" >&2
+  exit 1
+fi
+grep -q "BKV_BUILD_UNSAFE_NODE" <<<"$out" || { echo "$out" | tail -20 >&2; echo "cargo build --all-features failed, but not with the unsafe-node refusal" >&2; exit 1; }
+
 bkv_log "cargo test (doc tests)"
 cargo test --workspace --locked --doc
 

@@ -35,7 +35,7 @@ impl opaque_ke::CipherSuite for Spec {
     type Ksf = argon2::Argon2<'static>;
 }
 
-const CONTEXT: &[u8] = b"bkv/v1";
+const CONTEXT: &[u8] = b"bkv/v2";
 
 /// §2: the reference client's fast Argon2id profile (any KSF works, as long
 /// as registration and recovery agree; this one lets vaultctl --ksf fast
@@ -71,19 +71,6 @@ fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
     ChaCha20Poly1305::new(Key::from_slice(key))
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
         .map_err(|_| anyhow::anyhow!("does not open"))
-}
-
-/// Unsigned LEB128, as §3's payload layout uses for lengths.
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 fn request_id() -> Vec<u8> {
@@ -142,12 +129,17 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             user.as_bytes(),
             &k,
         );
+        // §3: version 2, then fixed-size fields, nothing else.
         let upload = done.message.serialize().to_vec();
-        let mut payload = vec![1u8];
-        leb128(upload.len(), &mut payload);
+        ensure!(upload.len() == 192 && enc_k.len() == 60);
+        ensure!(reply.registration_nonce.len() == 32);
+        let mut payload = vec![2u8];
         payload.extend(&upload);
-        leb128(enc_k.len(), &mut payload);
         payload.extend(&enc_k);
+        payload.extend(&reply.registration_nonce);
+        payload.extend(reply.generation.to_be_bytes());
+        payload.extend(4u32.to_be_bytes());
+        ensure!(payload.len() == 297);
         type Kem = hpke::kem::X25519HkdfSha256;
         let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&keys.hpke_public_key)
             .map_err(|e| anyhow::anyhow!("fleet HPKE key: {e:?}"))?;
@@ -158,7 +150,7 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             hpke::single_shot_seal::<hpke::aead::ChaCha20Poly1305, hpke::kdf::HkdfSha256, Kem, _>(
                 &hpke::OpModeS::Base,
                 &pk,
-                b"bkv/v1/register-finish",
+                b"bkv/v2/register-finish",
                 &payload,
                 &aad,
                 &mut OsRng,
@@ -170,11 +162,12 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             .register_finish(RegisterFinishRequest {
                 user_id: user.into(),
                 sealed_registration: sealed,
-                max_attempts: 4,
                 request_id: request_id(),
+                ..Default::default()
             })
             .await?
             .into_inner();
+        ensure!(reply.generation == 0, "a new user's generation is 0");
         ensure!(reg.generation == 1 && reg.max_attempts == 4);
 
         // --- recover (§5, §6)
@@ -194,6 +187,8 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             CredentialResponse::deserialize(&started.ke2)?,
             ClientLoginFinishParameters::new(Some(CONTEXT), ids, Some(&ksf)),
         )?;
+        // §11.4 step 8: KE3 goes only to the bundle's server key.
+        ensure!(finished.server_s_pk.serialize().to_vec() == keys.opaque_public_key);
         let answer = c
             .recover_finish(RecoverFinishRequest {
                 session_id: started.session_id,
@@ -246,6 +241,17 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             status.attempts_left == 3,
             "the wrong guess was not counted: {}",
             status.attempts_left
+        );
+        // §10: a user never seen is OK with state UNKNOWN, not an error.
+        let unknown = c
+            .status(UserStatusRequest {
+                user_id: "nobody-ever".into(),
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            unknown.state == vault_proto::v1::user_status_reply::State::Unknown as i32,
+            "unknown user: {unknown:?}"
         );
         anyhow::Ok(())
     })?;

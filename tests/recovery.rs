@@ -18,12 +18,14 @@ use vault_client::{ClientError, Status};
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_client::FrontendClient;
 use vault_proto::v1::{
-    DeleteRequest, ErrorDetail, GetFleetBundleRequest, RecoverFinishRequest, RecoverStartReply,
+    DeleteRequest, GetFleetBundleRequest, RecoverFinishRequest, RecoverStartReply,
     RecoverStartRequest, RegisterFinishRequest, RegisterStartRequest, UserStatusRequest,
 };
-use vault_protocol::client::{Login, Registration, RegistrationOutput, argon2id};
+use vault_protocol::client::{
+    Login, RegisterStartAnswer, Registration, RegistrationOutput, argon2id,
+};
 use vault_testkit::{FleetSpec, Template, TestFleet};
-use vault_types::{FleetId, UserId};
+use vault_types::{FleetId, Generation, UserId};
 
 type TestResult = anyhow::Result<()>;
 
@@ -80,8 +82,7 @@ fn user(s: &str) -> UserId {
 }
 
 fn kind(status: &tonic::Status) -> Kind {
-    ErrorDetail::decode(status.details())
-        .ok()
+    vault_proto::errors::detail(status)
         .and_then(|d| Kind::try_from(d.kind).ok())
         .unwrap_or(Kind::Unspecified)
 }
@@ -130,22 +131,28 @@ impl App {
         let start = c.register_start(req).await?.into_inner();
         self.saw(&start);
         let keys = start.fleet.context("fleet keys")?;
+        let answer = RegisterStartAnswer {
+            response: &start.registration_response,
+            nonce: &start.registration_nonce,
+            generation: Generation(start.generation),
+        };
         let out = state.finish(
             &mut OsRng,
             password,
-            &start.registration_response,
+            &answer,
             who,
             &self.fleet,
             &keys.hpke_public_key,
             &self.ksf,
+            max_attempts,
             k,
         )?;
         ensure!(out.server_public_key == keys.opaque_public_key);
         let req = RegisterFinishRequest {
             user_id: who.as_str().into(),
             sealed_registration: out.sealed.clone(),
-            max_attempts,
             request_id: new_id(),
+            ..Default::default()
         };
         self.saw(&req);
         let done = c.register_finish(req).await?.into_inner();
@@ -615,8 +622,8 @@ fn malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving(
             c.register_finish(RegisterFinishRequest {
                 user_id: "hank".into(),
                 sealed_registration: vec![1; 100],
-                max_attempts: 3,
-                request_id: id.clone()
+                request_id: id.clone(),
+                ..Default::default()
             })
         );
         call!(
@@ -624,8 +631,8 @@ fn malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving(
             c.register_finish(RegisterFinishRequest {
                 user_id: "hank".into(),
                 sealed_registration: big.clone(),
-                max_attempts: 3,
-                request_id: id.clone()
+                request_id: id.clone(),
+                ..Default::default()
             })
         );
         call!(
@@ -633,18 +640,24 @@ fn malformed_and_oversized_inputs_are_invalid_and_the_node_keeps_serving(
             c.register_finish(RegisterFinishRequest {
                 user_id: "hank".into(),
                 sealed_registration: vec![1; 100],
-                max_attempts: 3,
-                request_id: vec![1; 3]
+                request_id: vec![1; 3],
+                ..Default::default()
             })
         );
+        // Protocol v1's budget outside the seal is refused.
+        let mut v1 = RegisterFinishRequest {
+            user_id: "hank".into(),
+            sealed_registration: vec![1; 100],
+            request_id: id.clone(),
+            ..Default::default()
+        };
+        #[expect(deprecated, reason = "the v1 field is what is tested")]
+        {
+            v1.max_attempts = 1000;
+        }
         call!(
-            "RegisterFinish too many attempts",
-            c.register_finish(RegisterFinishRequest {
-                user_id: "hank".into(),
-                sealed_registration: vec![1; 100],
-                max_attempts: 1000,
-                request_id: id.clone()
-            })
+            "RegisterFinish with the v1 budget field",
+            c.register_finish(v1)
         );
         call!(
             "RecoverStart junk KE1",

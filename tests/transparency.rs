@@ -228,9 +228,14 @@ impl Frontend for Impostor {
     ) -> Result<Response<RegisterStartReply>, Status> {
         let r = req.into_inner();
         let user = UserId::new(&r.user_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let response = self
+        let started = self
             .secrets
-            .register_start(&user, &r.registration_request)
+            .register_start(
+                &mut rand::rngs::OsRng,
+                &user,
+                vault_types::Generation(0),
+                &r.registration_request,
+            )
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut keys = self.genuine.clone();
         if self.lie != Lie::GenuineKeys {
@@ -243,8 +248,10 @@ impl Frontend for Impostor {
             _ => {}
         }
         Ok(Response::new(RegisterStartReply {
-            registration_response: response,
+            registration_response: started.response,
             fleet: Some(keys),
+            registration_nonce: started.nonce.to_vec(),
+            generation: 0,
         }))
     }
     async fn register_finish(

@@ -306,3 +306,250 @@ fn fleet_bundle_vector() {
     assert_eq!(ok.bundle.epoch, 2);
     assert_eq!(ok.digest.to_vec(), h(&v, "bundle_epoch_2_digest"));
 }
+
+/// Records the bytes an RNG hands out (to store a step's randomness).
+struct Recorder(rand_chacha::ChaCha20Rng, Vec<u8>);
+
+impl Recorder {
+    fn new(seed: u8) -> Recorder {
+        use rand::SeedableRng;
+        Recorder(rand_chacha::ChaCha20Rng::from_seed([seed; 32]), Vec::new())
+    }
+}
+
+impl rand::RngCore for Recorder {
+    fn next_u32(&mut self) -> u32 {
+        unimplemented_rng()
+    }
+    fn next_u64(&mut self) -> u64 {
+        unimplemented_rng()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest);
+        self.1.extend_from_slice(dest);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand::CryptoRng for Recorder {}
+
+/// Either a recorder (to make the vector) or the stored bytes (to check it).
+enum Source {
+    Record(Box<Recorder>),
+    Replay(Fixed),
+}
+
+impl rand::RngCore for Source {
+    fn next_u32(&mut self) -> u32 {
+        unimplemented_rng()
+    }
+    fn next_u64(&mut self) -> u64 {
+        unimplemented_rng()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        match self {
+            Source::Record(r) => r.fill_bytes(dest),
+            Source::Replay(f) => f.fill_bytes(dest),
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand::CryptoRng for Source {}
+
+impl Source {
+    fn drawn(self) -> Vec<u8> {
+        match self {
+            Source::Record(r) => r.1,
+            Source::Replay(f) => {
+                assert!(f.0.is_empty(), "a step drew fewer bytes than stored");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The whole protocol v2 exchange, with each step's randomness taken from
+/// `rng(step)`: every message and the randomness, as the vector holds them.
+fn transcript(mut rng: impl FnMut(&str) -> Source) -> Value {
+    use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
+    let fleet = vault_types::FleetId::new("vector-fleet").expect("fleet");
+    let user = UserId::new("alice@example").expect("user");
+    let password = b"correct horse battery staple";
+    let k: [u8; 32] = core::array::from_fn(|i| 0xc0 ^ i as u8);
+    let setup = vault_protocol::suite::new_server_setup([0x5e; 32]);
+    let hpke_sk = vault_protocol::new_hpke_key([0x4b; 32]);
+    let secrets =
+        vault_protocol::FleetSecrets::new(fleet.clone(), &setup, &hpke_sk).expect("fleet");
+    let ksf = argon2id(256, 1, 1).expect("ksf");
+    let mut drawn = serde_json::Map::new();
+    let mut take = |name: &str, s: Source| {
+        drawn.insert(name.to_owned(), json!(hex::encode(s.drawn())));
+    };
+
+    let mut r = rng("client_registration_start");
+    let (reg, request) = Registration::start(&mut r, password).expect("start");
+    take("client_registration_start", r);
+    let mut r = rng("node_register_start");
+    let started = secrets
+        .register_start(&mut r, &user, vault_types::Generation(0), &request)
+        .expect("register start");
+    take("node_register_start", r);
+    let mut r = rng("client_registration_finish");
+    let out = reg
+        .finish(
+            &mut r,
+            password,
+            &RegisterStartAnswer {
+                response: &started.response,
+                nonce: &started.nonce,
+                generation: vault_types::Generation(0),
+            },
+            &user,
+            &fleet,
+            secrets.hpke_public_key(),
+            &ksf,
+            5,
+            &k,
+        )
+        .expect("finish");
+    take("client_registration_finish", r);
+    let opened = secrets.register_finish(&user, &out.sealed).expect("opens");
+    let mut r = rng("client_login_start");
+    let (login, ke1) = Login::start(&mut r, password).expect("login");
+    take("client_login_start", r);
+    let mut r = rng("node_login_start");
+    let (ke2, state) = secrets
+        .login_start(&mut r, &user, &opened.record, &ke1)
+        .expect("ke2");
+    take("node_login_start", r);
+    let mut r = rng("client_login_finish");
+    let ok = login
+        .finish(&mut r, password, &ke2, &user, &fleet, &ksf)
+        .expect("right password");
+    take("client_login_finish", r);
+    let mut r = rng("node_login_finish");
+    let answer = state
+        .finish(&mut r, &ok.ke3, &opened.record.enc_k)
+        .expect("ke3");
+    take("node_login_finish", r);
+    assert_eq!(*ok.open(&answer, &user).expect("open"), k);
+    json!({
+        "construction": "a whole protocol v2 registration and login, docs/PROTOCOL.md sections 1-6",
+        "fleet_id": fleet.as_str(),
+        "user_id": user.as_str(),
+        "password": String::from_utf8_lossy(password),
+        "k": hex::encode(k),
+        "ksf": "Argon2id v0x13, 256 KiB, 1 pass, 1 lane, salt 16 zero bytes, 64 bytes out",
+        "server_setup": hex::encode(&*setup),
+        "hpke_private_key": hex::encode(&*hpke_sk),
+        "hpke_public_key": hex::encode(secrets.hpke_public_key()),
+        "opaque_public_key": hex::encode(secrets.opaque_public_key()),
+        "randomness": drawn,
+        "registration_request": hex::encode(&request),
+        "generation": 0,
+        "max_attempts": 5,
+        "registration_nonce": hex::encode(started.nonce),
+        "registration_response": hex::encode(&started.response),
+        "upload": hex::encode(&*out.upload),
+        "export_key": hex::encode(&*out.export_key),
+        "enc_k": hex::encode(&*out.enc_k),
+        "sealed_registration": hex::encode(&out.sealed),
+        "ke1": hex::encode(&ke1),
+        "ke2": hex::encode(&ke2),
+        "ke3": hex::encode(&ok.ke3),
+        "session_key": hex::encode(ok.session_key()),
+        "sealed_key": hex::encode(&answer),
+    })
+}
+
+#[test]
+fn transcript_v2_vector() {
+    // Make it with seeded randomness; the file must be exactly that.
+    let mut seed = 0u8;
+    let made = transcript(|_| {
+        seed += 1;
+        Source::Record(Box::new(Recorder::new(seed)))
+    });
+    let v = check("transcript-v2.json", &made);
+    // The vault's code, fed the stored randomness, says every byte again.
+    let stored = v["randomness"].clone();
+    let replayed = transcript(|step| {
+        Source::Replay(Fixed(
+            hex::decode(stored[step].as_str().expect("step")).expect("hex"),
+        ))
+    });
+    let mut expect = v.clone();
+    expect["randomness"] = replayed["randomness"].clone();
+    assert_eq!(replayed, expect, "replaying the stored randomness");
+
+    // The spec's constructions, by hand, on the vector's values.
+    let user = v["user_id"].as_str().expect("user");
+    // §3: the payload plaintext is version 2 and five fixed fields.
+    let mut payload = vec![2u8];
+    payload.extend(h(&v, "upload"));
+    payload.extend(h(&v, "enc_k"));
+    payload.extend(h(&v, "registration_nonce"));
+    payload.extend(0u64.to_be_bytes());
+    payload.extend(5u32.to_be_bytes());
+    assert_eq!(payload.len(), 297);
+    let sealed = h(&v, "sealed_registration");
+    assert_eq!(sealed.len(), 345);
+    {
+        use hpke::{Deserializable, Kem as _};
+        type Kem = hpke::kem::X25519HkdfSha256;
+        let sk =
+            <Kem as hpke::Kem>::PrivateKey::from_bytes(&h(&v, "hpke_private_key")).expect("sk");
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed[..32]).expect("enc");
+        let mut aad = v["fleet_id"].as_str().expect("fleet").as_bytes().to_vec();
+        aad.push(0);
+        aad.extend(user.as_bytes());
+        let plain =
+            hpke::single_shot_open::<hpke::aead::ChaCha20Poly1305, hpke::kdf::HkdfSha256, Kem>(
+                &hpke::OpModeR::Base,
+                &sk,
+                &enc,
+                b"bkv/v2/register-finish",
+                &sealed[32..],
+                &aad,
+            )
+            .expect("the sealed registration opens");
+        assert_eq!(plain, payload);
+        let _ = Kem::sk_to_pk(&sk);
+    }
+    // §4: enc_K under the export key; §5: the answer under the session key.
+    let enc_k = h(&v, "enc_k");
+    let wrap = hkdf_sha512(&h(&v, "export_key"), b"bkv/v1/backup-key-wrap");
+    let mut again = enc_k[..12].to_vec();
+    again.extend(seal(&wrap, &enc_k[..12], user.as_bytes(), &h(&v, "k")));
+    assert_eq!(again, enc_k);
+    let answer = h(&v, "sealed_key");
+    let key = hkdf_sha512(&h(&v, "session_key"), b"bkv/v1/recover-response");
+    let mut again = answer[..12].to_vec();
+    again.extend(seal(&key, &answer[..12], user.as_bytes(), &enc_k));
+    assert_eq!(again, answer);
+    // §1: the sizes.
+    for (field, len) in [
+        ("registration_request", 32),
+        ("registration_response", 64),
+        ("registration_nonce", 32),
+        ("upload", 192),
+        ("ke1", 96),
+        ("ke2", 320),
+        ("ke3", 64),
+        ("sealed_key", 88),
+    ] {
+        assert_eq!(h(&v, field).len(), len, "{field}");
+    }
+    // The server key travels in the registration response's last 32 bytes.
+    assert_eq!(
+        h(&v, "registration_response")[32..].to_vec(),
+        h(&v, "opaque_public_key")
+    );
+}

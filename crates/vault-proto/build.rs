@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vault/v1/admin.proto",
         "vault/v1/frontend.proto",
         "vault/v1/witness.proto",
+        "google/rpc/status.proto",
     ]
     .map(|f| root.join(f));
     for f in &files {
@@ -16,6 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    tonic_prost_build::configure().compile_with_config(config, &files, &[root])?;
+    // google/protobuf/any.proto comes with the vendored protoc.
+    let includes = [root, protoc_bin_vendored::include_path()?];
+    tonic_prost_build::configure()
+        // Every generated service decodes requests with our codec: an
+        // undecodable message is the caller's INVALID_ARGUMENT (with an
+        // error detail), not the INTERNAL of tonic's default codec.
+        .codec_path("crate::codec::Codec")
+        .compile_with_config(config, &files, &includes)?;
     Ok(())
 }

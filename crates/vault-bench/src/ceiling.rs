@@ -35,7 +35,7 @@ pub fn measure(dir: &SoftHsmDir) -> anyhow::Result<Ceiling> {
 /// measured in-process for about two seconds.
 fn opaque_ceiling() -> anyhow::Result<f64> {
     use rand::rngs::OsRng;
-    use vault_protocol::client::{Login, Registration, argon2id};
+    use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
     use vault_protocol::{FleetSecrets, new_hpke_key};
     let fleet = vault_types::FleetId::new("ceiling")?;
     let secrets = FleetSecrets::new(
@@ -46,18 +46,23 @@ fn opaque_ceiling() -> anyhow::Result<f64> {
     let user = UserId::new("ceiling")?;
     let ksf = argon2id(256, 1, 1)?;
     let (reg, req) = Registration::start(&mut OsRng, PASSWORD)?;
-    let resp = secrets.register_start(&user, &req)?;
+    let started = secrets.register_start(&mut OsRng, &user, vault_types::Generation(0), &req)?;
     let out = reg.finish(
         &mut OsRng,
         PASSWORD,
-        &resp,
+        &RegisterStartAnswer {
+            response: &started.response,
+            nonce: &started.nonce,
+            generation: vault_types::Generation(0),
+        },
         &user,
         &fleet,
         secrets.hpke_public_key(),
         &ksf,
+        10,
         &[0; 32],
     )?;
-    let record = secrets.register_finish(&user, &out.sealed)?;
+    let record = secrets.register_finish(&user, &out.sealed)?.record;
     // Client messages are prepared outside the timed loop.
     let mut inputs = Vec::new();
     for _ in 0..64 {

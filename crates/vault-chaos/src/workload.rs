@@ -13,18 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prost::Message as _;
 use rand::rngs::{OsRng, StdRng};
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 use vault_proto::v1::error_detail::Kind;
 use vault_proto::v1::frontend_client::FrontendClient;
 use vault_proto::v1::{
-    ErrorDetail, RecoverFinishRequest, RecoverStartRequest, RegisterFinishRequest,
-    RegisterStartRequest,
+    RecoverFinishRequest, RecoverStartRequest, RegisterFinishRequest, RegisterStartRequest,
 };
 use vault_protocol::ProtocolError;
-use vault_protocol::client::{Login, Registration, argon2id};
+use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
 use vault_types::{FleetId, UserId};
 
 use crate::history::{Finish, History, Op, OpKind, Outcome, User};
@@ -57,9 +55,13 @@ pub struct Frontends {
 
 /// What one call's failure means.
 fn classify(status: &tonic::Status) -> Outcome {
-    let kind = ErrorDetail::decode(status.details())
-        .ok()
-        .and_then(|d| Kind::try_from(d.kind).ok());
+    let detail = vault_proto::errors::detail(status);
+    if detail.as_ref().is_some_and(|d| d.attempt_committed) {
+        // The node committed this request's attempt and then failed: its
+        // outcome is open until a retry with the same id settles it.
+        return Outcome::Unknown(format!("{:?}: {}", status.code(), status.message()));
+    }
+    let kind = detail.and_then(|d| Kind::try_from(d.kind).ok());
     match kind {
         Some(Kind::Unavailable) | None | Some(Kind::Unspecified) => {
             Outcome::Unknown(format!("{:?}: {}", status.code(), status.message()))
@@ -244,15 +246,21 @@ impl Frontends {
             .fleet
             .ok_or_else(|| Outcome::Refused("no fleet keys".into()))?;
         let ksf = argon2id(256, 1, 1).map_err(|e| Outcome::Refused(e.to_string()))?;
+        let answer = RegisterStartAnswer {
+            response: &start.registration_response,
+            nonce: &start.registration_nonce,
+            generation: vault_types::Generation(start.generation),
+        };
         let out = state
             .finish(
                 &mut OsRng,
                 password,
-                &start.registration_response,
+                &answer,
                 &user,
                 &self.fleet_id,
                 &keys.hpke_public_key,
                 &ksf,
+                max_attempts,
                 k,
             )
             .map_err(|e| Outcome::Refused(format!("client: {e}")))?;
@@ -261,8 +269,8 @@ impl Frontends {
                 let req = RegisterFinishRequest {
                     user_id: id.to_owned(),
                     sealed_registration: out.sealed.clone(),
-                    max_attempts,
                     request_id: request_id.to_vec(),
+                    ..Default::default()
                 };
                 async move { c.register_finish(req).await }
             })

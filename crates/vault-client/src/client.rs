@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use tonic::transport::Channel;
@@ -17,7 +16,7 @@ use vault_proto::v1::{
     DeleteRequest, ErrorDetail, FleetKeys, GetFleetBundleRequest, RecoverFinishRequest,
     RecoverStartRequest, RegisterFinishRequest, RegisterStartRequest, UserStatusRequest,
 };
-use vault_protocol::client::{Login, Registration, argon2id};
+use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
 use vault_protocol::{KEY_LEN, ProtocolError};
 use vault_types::{FleetId, Generation, UserId};
 use zeroize::Zeroizing;
@@ -117,10 +116,20 @@ pub enum ClientError {
 }
 
 fn detail(status: &tonic::Status) -> Option<ErrorDetail> {
-    ErrorDetail::decode(status.details()).ok()
+    vault_proto::errors::detail(status)
 }
 
+/// Whether a call may be repeated as it is (the same request id and bytes,
+/// on any node): the fleet was unavailable, or the node says the attempt
+/// of this request is committed (a retry with the same id costs nothing;
+/// a new id would cost another attempt).
 fn is_retryable(status: &tonic::Status) -> bool {
+    if detail(status).is_some_and(|d| {
+        d.attempt_committed
+            && (d.kind == Kind::Unavailable as i32 || d.kind == Kind::Internal as i32)
+    }) {
+        return true;
+    }
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => true,
         tonic::Code::ResourceExhausted => {
@@ -372,7 +381,30 @@ impl Client {
 
     /// Registers a given K (see [`Client::register`]); returns the new
     /// generation.
+    ///
+    /// The generation the fleet reported in `RegisterStart` is sealed into
+    /// the payload; if another registration of the user wins it first, the
+    /// fleet answers `CONFLICT` and the whole registration starts over
+    /// (a sealed payload never applies over another generation).
     pub async fn register_key(
+        &self,
+        user: &UserId,
+        password: &[u8],
+        max_attempts: u32,
+        k: &[u8; KEY_LEN],
+    ) -> Result<Generation, ClientError> {
+        for _ in 0..3 {
+            match self.register_once(user, password, max_attempts, k).await {
+                Err(ClientError::Conflict) => continue,
+                other => return other,
+            }
+        }
+        Err(ClientError::Unavailable(
+            "registrations of this user keep racing".into(),
+        ))
+    }
+
+    async fn register_once(
         &self,
         user: &UserId,
         password: &[u8],
@@ -395,15 +427,31 @@ impl Client {
         // Before anything secret is made or sent: the bundle, and that the
         // HPKE key we seal to is the bundle's.
         self.trust.check(self.fleet_id.as_str(), &keys)?;
+        let budget = match max_attempts {
+            0 => keys.max_attempts_cap,
+            n if n > keys.max_attempts_cap => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "max_attempts {n} is above the fleet's cap {}",
+                    keys.max_attempts_cap
+                )));
+            }
+            n => n,
+        };
+        let answer = RegisterStartAnswer {
+            response: &start.registration_response,
+            nonce: &start.registration_nonce,
+            generation: Generation(start.generation),
+        };
         let out = state
             .finish(
                 &mut OsRng,
                 password,
-                &start.registration_response,
+                &answer,
                 user,
                 &self.fleet_id,
                 &keys.hpke_public_key,
                 &ksf,
+                budget,
                 k,
             )
             .map_err(ClientError::Protocol)?;
@@ -411,31 +459,21 @@ impl Client {
             return Err(crate::trust::opaque_key_mismatch());
         }
         let sealed = out.sealed.clone();
-        // A concurrent registration of the same user can win the
-        // generation; then try again under a new request id.
-        for _ in 0..3 {
-            let mut id = [0u8; 16];
-            OsRng.fill_bytes(&mut id);
-            let result = self
-                .any_node(|mut c| {
-                    let req = RegisterFinishRequest {
-                        user_id: user.as_str().to_owned(),
-                        sealed_registration: sealed.clone(),
-                        max_attempts,
-                        request_id: id.to_vec(),
-                    };
-                    async move { c.register_finish(req).await }
-                })
-                .await;
-            match result {
-                Ok((_, r)) => return Ok(Generation(r.generation)),
-                Err(ClientError::Conflict) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ClientError::Unavailable(
-            "registrations of this user keep racing".into(),
-        ))
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        // Retries (same id, same bytes) are answered once.
+        let (_, r) = self
+            .any_node(|mut c| {
+                let req = RegisterFinishRequest {
+                    user_id: user.as_str().to_owned(),
+                    sealed_registration: sealed.clone(),
+                    request_id: id.to_vec(),
+                    ..Default::default()
+                };
+                async move { c.register_finish(req).await }
+            })
+            .await?;
+        Ok(Generation(r.generation))
     }
 
     /// Recovers `user`'s K with `password`. A wrong password is found at

@@ -269,11 +269,13 @@ impl VaultState {
                 attempts_left: *attempts_left,
                 attempt: *attempt,
             }),
+            // Its attempt was consumed, then the record locked: say so,
+            // so the node can tell the caller the attempt was spent.
             Some(UserRecord {
                 generation: g,
                 status: RecordStatus::Locked,
                 ..
-            }) if g == generation => Err(CommandError::Locked),
+            }) if g == generation => Err(CommandError::LockedAfterGrant),
             Some(r) => Err(CommandError::StaleGeneration {
                 current: r.generation,
                 given: *generation,
@@ -305,10 +307,17 @@ impl VaultState {
             Command::Preload { first, count } => self.preload(*first, *count, at, changed),
             Command::Register {
                 user,
-                generation,
+                expected_generation,
                 sealed_record,
                 max_attempts,
-            } => self.register(user, *generation, sealed_record, *max_attempts, at, changed),
+            } => self.register(
+                user,
+                *expected_generation,
+                sealed_record,
+                *max_attempts,
+                at,
+                changed,
+            ),
             Command::BeginAttempt { user } => self.begin_attempt(user, at, changed),
             Command::FinishAttempt {
                 user,
@@ -412,7 +421,7 @@ impl VaultState {
     fn register(
         &mut self,
         user: &UserId,
-        expected: Option<Generation>,
+        expected: Generation,
         sealed_record: &SealedBytes,
         max_attempts: u32,
         at: Timestamp,
@@ -425,15 +434,18 @@ impl VaultState {
                 cap,
             });
         }
-        // Generations never go back, not even after a delete or a lock, so a
-        // blob sealed for an old generation can never match a new record.
+        // Compare-and-set on the generation the app sealed into its
+        // payload. Generations never go back, not even after a delete or a
+        // lock (tombstones keep theirs), so a registration captured once
+        // can succeed at most once: any replay names a stale generation.
         let current = self.users.get(user).map_or(Generation(0), |r| r.generation);
-        let generation = Generation(current.0 + 1);
-        if let Some(given) = expected
-            && given != generation
-        {
-            return Err(CommandError::StaleGeneration { current, given });
+        if expected != current {
+            return Err(CommandError::StaleGeneration {
+                current,
+                given: expected,
+            });
         }
+        let generation = Generation(current.0 + 1);
         self.insert_active(user, generation, sealed_record, max_attempts, at, changed);
         Ok(Response::Registered { generation })
     }

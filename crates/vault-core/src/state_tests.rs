@@ -47,10 +47,16 @@ fn init() -> Command {
     }
 }
 
+/// The first registration of `name`.
 fn register(name: &str, max_attempts: u32) -> Command {
+    reregister(name, 0, max_attempts)
+}
+
+/// A registration of `name` by an app that saw generation `expected`.
+fn reregister(name: &str, expected: u64, max_attempts: u32) -> Command {
     Command::Register {
         user: user(name),
-        generation: None,
+        expected_generation: Generation(expected),
         sealed_record: SealedBytes(format!("sealed-{name}").into_bytes()),
         max_attempts,
     }
@@ -152,7 +158,7 @@ fn register_checks_the_budget_and_bumps_the_generation() {
     );
     log.ok(prop(begin("a")));
     assert_eq!(
-        log.ok(prop(register("a", CAP))),
+        log.ok(prop(reregister("a", 1, CAP))),
         Response::Registered {
             generation: Generation(2)
         }
@@ -265,9 +271,10 @@ fn finish_resets_on_success_and_locks_on_the_last_failure() {
         log.apply(prop(finish("b", 1, true))),
         Err(CommandError::NotFound)
     );
-    // A locked user may register again, with a new generation.
+    // A locked user may register again, with a new generation (the app
+    // saw the tombstone's generation 1).
     assert_eq!(
-        log.ok(prop(register("a", 2))),
+        log.ok(prop(reregister("a", 1, 2))),
         Response::Registered {
             generation: Generation(2)
         }
@@ -301,8 +308,17 @@ fn delete_leaves_a_tombstone_that_keeps_the_generation() {
             generation: Generation(1)
         }
     );
+    // A registration sealed before the delete (it saw generation 0) is
+    // refused: the tombstone keeps generation 1.
     assert_eq!(
-        log.ok(prop(register("a", 3))),
+        log.apply(prop(register("a", 3))),
+        Err(CommandError::StaleGeneration {
+            current: Generation(1),
+            given: Generation(0)
+        })
+    );
+    assert_eq!(
+        log.ok(prop(reregister("a", 1, 3))),
         Response::Registered {
             generation: Generation(2)
         }
@@ -409,7 +425,7 @@ fn a_replay_after_erasure_hands_out_no_material() {
     log.ok(prop(finish("a", 1, false)));
     assert_eq!(
         log.apply(with_request(begin("a"), 7, 7)),
-        Err(CommandError::Locked)
+        Err(CommandError::LockedAfterGrant)
     );
     // Nothing persisted for the dedup entry holds the sealed record either.
     let dedup = log
@@ -418,7 +434,7 @@ fn a_replay_after_erasure_hands_out_no_material() {
         .expect("entry");
     assert!(!dedup.windows(8).any(|w| w == b"sealed-a"));
     // After re-registration the old request is stale, not a grant.
-    log.ok(prop(register("a", 1)));
+    log.ok(prop(reregister("a", 1, 1)));
     assert!(matches!(
         log.apply(with_request(begin("a"), 7, 7)),
         Err(CommandError::StaleGeneration { .. })
@@ -506,7 +522,7 @@ fn to_proposal(state: &VaultState, op: &Op) -> Proposal {
     match op {
         Op::Register { user: u, max } => prop(Command::Register {
             user: name(u),
-            generation: None,
+            expected_generation: state.user(&name(u)).map_or(Generation(0), |r| r.generation),
             sealed_record: SealedBytes(vec![*u; 16]),
             max_attempts: *max,
         }),
@@ -613,38 +629,57 @@ proptest! {
 }
 
 #[test]
-fn register_refuses_a_record_sealed_for_another_generation() {
+fn register_is_a_compare_and_set_on_the_generation() {
     let mut log = Log::new();
-    let sealed_for = |g: Option<u64>| Command::Register {
-        user: user("gen"),
-        generation: g.map(Generation),
-        sealed_record: SealedBytes(vec![7; 8]),
-        max_attempts: 3,
-    };
-    // The first registration must be sealed for generation 1.
+    let seen = |g: u64| reregister("gen", g, 3);
+    // A user never seen is at generation 0.
     assert_eq!(
-        log.apply(prop(sealed_for(Some(2)))),
+        log.apply(prop(seen(1))),
         Err(CommandError::StaleGeneration {
             current: Generation(0),
-            given: Generation(2)
-        })
-    );
-    assert_eq!(
-        log.ok(prop(sealed_for(Some(1)))),
-        Response::Registered {
-            generation: Generation(1)
-        }
-    );
-    // A racing registration that read generation 1 as "next" loses.
-    assert_eq!(
-        log.apply(prop(sealed_for(Some(1)))),
-        Err(CommandError::StaleGeneration {
-            current: Generation(1),
             given: Generation(1)
         })
     );
     assert_eq!(
-        log.ok(prop(sealed_for(Some(2)))),
+        log.ok(prop(seen(0))),
+        Response::Registered {
+            generation: Generation(1)
+        }
+    );
+    // The same registration again (a replay with any request id), or a
+    // racing one that also saw 0, loses.
+    assert_eq!(
+        log.apply(prop(seen(0))),
+        Err(CommandError::StaleGeneration {
+            current: Generation(1),
+            given: Generation(0)
+        })
+    );
+    // After a lockout, a registration that saw the locked generation wins
+    // and one captured before it does not.
+    log.ok(prop(begin("gen")));
+    log.ok(prop(finish("gen", 1, false)));
+    log.ok(prop(begin("gen")));
+    log.ok(prop(finish("gen", 1, false)));
+    log.ok(prop(begin("gen")));
+    assert_eq!(
+        log.apply(prop(finish("gen", 1, false))),
+        Ok(Response::AttemptFinished {
+            generation: Generation(1),
+            success: false,
+            attempts_left: 0,
+            locked: true
+        })
+    );
+    assert_eq!(
+        log.apply(prop(seen(0))),
+        Err(CommandError::StaleGeneration {
+            current: Generation(1),
+            given: Generation(0)
+        })
+    );
+    assert_eq!(
+        log.ok(prop(seen(1))),
         Response::Registered {
             generation: Generation(2)
         }

@@ -9,6 +9,8 @@
 //! - [`tls`]: rustls/tonic TLS settings and the once-per-process provider.
 //! - [`callers`]: the identity of a gRPC caller, and the static checks
 //!   "must be the operator", "must be a frontend", "must be a node".
+//! - [`serve`]: accepting TLS connections with a connection cap, a
+//!   handshake deadline and TCP keepalive.
 //!
 //! Must not depend on: openraft, RocksDB, PKCS#11. The app SDK
 //! (`vault-client`), the witness and the tools link this crate, and none of
@@ -19,4 +21,5 @@ pub mod callers;
 pub mod config;
 pub mod identity;
 pub mod pki;
+pub mod serve;
 pub mod tls;

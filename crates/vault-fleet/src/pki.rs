@@ -245,24 +245,75 @@ fn create_dir(dir: &Path) -> Result<(), PkiError> {
     })
 }
 
-/// Writes `bytes` to `path` with `mode` through a synced temporary file
-/// and a rename, so a crash never leaves a half-written key.
+/// Writes `bytes` to `path` with exactly `mode` through a synced
+/// temporary file and a rename, so a crash never leaves a half-written key.
+///
+/// The temporary file has a name of its own (the target's, the pid and
+/// random bytes) and is created exclusively, so a stale file or a symlink
+/// planted at a predictable name is neither reused nor followed; its mode
+/// is set on the open file, so neither the umask nor a stale file decides
+/// it; the rename replaces whatever is at `path` (a symlink included)
+/// rather than writing through it.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
     let io = |source| PkiError::Io {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no file name",
+        ))
+    })?;
+    let mut salt = [0u8; 8];
+    rand_bytes(&mut salt);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        u64::from_le_bytes(salt)
+    ));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename itself is durable once the directory is.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(io)
+}
+
+/// Random bytes for temporary names (not secrets): the OS's generator.
+fn rand_bytes(out: &mut [u8]) {
+    use std::io::Read;
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(out))
+        .is_err()
+    {
+        // Uniqueness then rests on the pid and the time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        for (o, b) in out.iter_mut().zip(t.to_le_bytes()) {
+            *o = b;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +322,66 @@ mod tests {
 
     use super::*;
     use crate::identity::{identity_of, identity_of_known};
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_stale_temporary_file_does_not_lend_its_mode_to_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("node.key");
+        // Left behind by a crash (or planted), world-readable.
+        let stale = key.with_extension("tmp");
+        fs::write(&stale, b"old").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&key, b"secret key", 0o600).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"secret key");
+        assert_eq!(mode_of(&key), 0o600, "the key took the stale file's mode");
+    }
+
+    #[test]
+    fn a_symlink_in_the_way_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"victim's data").unwrap();
+        let key = dir.path().join("node.key");
+        // A link where the temporary file would go, and one at the target.
+        std::os::unix::fs::symlink(&victim, key.with_extension("tmp")).unwrap();
+        write_file(&key, b"secret key", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"victim's data");
+        let linked = dir.path().join("linked.key");
+        std::os::unix::fs::symlink(&victim, &linked).unwrap();
+        write_file(&linked, b"another key", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"victim's data");
+        assert!(
+            !fs::symlink_metadata(&linked)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&linked).unwrap(), b"another key");
+        assert_eq!(mode_of(&linked), 0o600);
+    }
+
+    #[test]
+    fn the_mode_is_exact_whatever_the_umask_and_nothing_is_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("ca.pem");
+        write_file(&public, b"cert", 0o644).unwrap();
+        assert_eq!(mode_of(&public), 0o644);
+        write_file(&public, b"cert 2", 0o600).unwrap();
+        assert_eq!(
+            mode_of(&public),
+            0o600,
+            "an existing file's mode is replaced"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ca.pem")]);
+    }
 
     fn der(pem: &str) -> Vec<u8> {
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();

@@ -51,6 +51,67 @@ impl CertFiles {
     }
 }
 
+fn invalid(path: &Path, what: String) -> TlsFileError {
+    TlsFileError {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    }
+}
+
+/// Whether a server requires a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every connection presents one (nodes' ports).
+    Required,
+    /// One may be presented, and then must chain to the CA (the witness:
+    /// reads are public, submissions need the operator's).
+    Optional,
+}
+
+/// rustls server settings for [`crate::serve::incoming`]: present `own`
+/// (its PEM certificate chain and key), require (or accept) a client
+/// certificate that chains to the CA in `client_ca`, speak HTTP/2 (ALPN
+/// `h2`, as gRPC clients expect), TLS 1.2 and 1.3 with the `ring` provider.
+pub fn rustls_server_config(
+    own: &CertFiles,
+    client_ca: &Path,
+    auth: ClientAuth,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsFileError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(&read(&own.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&own.cert, format!("certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&own.key)?)
+        .map_err(|e| invalid(&own.key, format!("private key PEM: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&read(client_ca)?) {
+        let ca = ca.map_err(|e| invalid(client_ca, format!("CA PEM: {e}")))?;
+        roots
+            .add(ca)
+            .map_err(|e| invalid(client_ca, format!("CA certificate: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    );
+    let verifier = match auth {
+        ClientAuth::Required => verifier,
+        ClientAuth::Optional => verifier.allow_unauthenticated(),
+    }
+    .build()
+    .map_err(|e| invalid(client_ca, format!("client verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&own.cert, format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(&own.key, format!("certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Server settings: present `own`, require a client certificate from the CA
 /// in `client_ca`.
 pub fn server_config(own: &CertFiles, client_ca: &Path) -> Result<ServerTlsConfig, TlsFileError> {

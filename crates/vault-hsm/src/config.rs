@@ -39,7 +39,7 @@ fn default_sessions() -> usize {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PinSource {
     /// A file that holds the PIN (one trailing newline is ignored). It must not
-    /// be readable by other users.
+    /// be open to its group or others (mode 600 or 400).
     File(PathBuf),
     /// An environment variable that holds the PIN.
     Env(String),
@@ -66,17 +66,20 @@ pub fn read_pin_file(path: &Path) -> Result<SecretBytes, PinError> {
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let mode = std::fs::metadata(path)
-        .map_err(file_err)?
-        .permissions()
-        .mode();
-    if mode & 0o004 != 0 {
+    use std::io::Read;
+    // The mode of the file opened, not of a path that may change between
+    // a check and a read.
+    let mut file = std::fs::File::open(path).map_err(file_err)?;
+    let mode = file.metadata().map_err(file_err)?.permissions().mode();
+    // Group or others may neither read nor write it.
+    if mode & 0o077 != 0 {
         return Err(PinError::FileTooOpen {
             path: path.to_owned(),
             mode: mode & 0o777,
         });
     }
-    let mut bytes = std::fs::read(path).map_err(file_err)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(file_err)?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -108,12 +111,20 @@ mod tests {
         let pin = PinSource::File(path.clone()).load().expect("load");
         assert_eq!(pin.expose(), b"1234");
 
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = PinSource::File(path.clone())
-            .load()
-            .expect_err("world-readable");
-        assert!(err.to_string().contains("chmod 600"), "{err}");
-        assert!(!err.to_string().contains("1234"), "{err}");
+        // Readable or writable by anyone but the owner: refused.
+        for mode in [0o644, 0o640, 0o620, 0o604, 0o660, 0o610] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = PinSource::File(path.clone())
+                .load()
+                .expect_err(&format!("mode {mode:o} was accepted"));
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            assert!(!err.to_string().contains("1234"), "{err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert!(
+            PinSource::File(path.clone()).load().is_ok(),
+            "owner read-only"
+        );
 
         std::fs::write(&path, "\n").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");

@@ -150,7 +150,9 @@ pub enum PinError {
         reason: String,
     },
     /// Anyone on the machine could read the PIN file.
-    #[error("PIN file {path:?} is readable by other users (mode {mode:o}); run `chmod 600` on it")]
+    #[error(
+        "PIN file {path:?} is open to its group or others (mode {mode:o}); run `chmod 600` on it"
+    )]
     FileTooOpen {
         /// The file.
         path: PathBuf,

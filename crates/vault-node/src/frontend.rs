@@ -1,38 +1,42 @@
-//! The frontend API (design brief §3): OPAQUE registration and recovery,
-//! status, delete, the fleet's keys.
+//! The frontend API (design brief §3, docs/PROTOCOL.md v2): OPAQUE
+//! registration and recovery, status, delete, the fleet's keys.
 //!
-//! The order of a recovery is the security core: `RecoverStart` commits
-//! `BeginAttempt` (one attempt consumed, on a majority) and only then
-//! unseals the record and computes KE2. The login state stays in this
-//! node's memory under a random session id, bound to the user, generation
-//! and attempt, for `session_ttl`. `RecoverFinish` commits the outcome
-//! before it answers, and the answer (`enc_K` under the OPAQUE session key)
-//! leaves only after `FinishAttempt{success}` is applied.
+//! The order of a recovery is the security core: `RecoverStart` reserves a
+//! login-state place (refusing before anything is committed when the node
+//! or the user is full), commits `BeginAttempt` (one attempt consumed, on a
+//! majority) and only then unseals the record and computes KE2. The login
+//! state stays in this node's memory under a random session id
+//! ([`sessions`]). `RecoverFinish` commits the outcome before it answers,
+//! and the answer (`enc_K` under the OPAQUE session key) leaves only after
+//! `FinishAttempt{success}` is applied. Every refusal after the commit says
+//! that the attempt is committed.
+//!
+//! A registration is a compare-and-set: the app seals the generation it
+//! saw in `RegisterStart` (and its budget, and the registration nonce)
+//! into the payload, and `Register` applies only over that generation.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod sessions;
+mod status;
 
-use prost::Message;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use rand::RngCore;
 use rand::rngs::OsRng;
 use tonic::{Code, Request, Response, Status};
 use vault_fleet::config::Fleet;
 use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
-use vault_proto::v1::error_detail::Kind;
+use vault_proto::errors::ErrorKind;
 use vault_proto::v1::frontend_server::Frontend;
 use vault_proto::v1::user_status_reply::State;
 use vault_proto::v1::{
-    DeleteReply, DeleteRequest, ErrorDetail, FleetKeys, GetFleetBundleRequest, RecoverFinishReply,
+    DeleteReply, DeleteRequest, FleetKeys, GetFleetBundleRequest, RecoverFinishReply,
     RecoverFinishRequest, RecoverStartReply, RecoverStartRequest, RegisterFinishReply,
     RegisterFinishRequest, RegisterStartReply, RegisterStartRequest, UserStatusReply,
     UserStatusRequest,
 };
-use vault_protocol::{
-    FleetSecrets, MAX_OPAQUE_MESSAGE, MAX_SEALED_PAYLOAD, ServerLoginState, StoredRecord,
-    hpke_key_aad, record_aad,
-};
-use vault_raft::proposer::{ProposeError, Proposer};
+use vault_protocol::{FleetSecrets, StoredRecord, hpke_key_aad, record_aad};
+use vault_raft::proposer::Proposer;
 use vault_storage::StateReader;
 use vault_types::{
     Command, CommandError, Generation, Proposal, Reply, RequestDigest, RequestId, RequestMeta,
@@ -41,71 +45,14 @@ use vault_types::{
 use zeroize::Zeroizing;
 
 use crate::metrics::{Metrics, timed_hsm};
+use sessions::{Answer, Begin, Refusal, Sessions};
+use status::{
+    after_commit, fail, hsm_failed, internal, invalid, not_initialized, propose_failed, refused,
+    wrong_password,
+};
 
-/// How long a login state waits for `RecoverFinish` by default.
-pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(60);
-/// How many login states a node holds at most by default.
-pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// Longest user id accepted (bytes), checked before anything else.
 pub const MAX_USER_ID: usize = 256;
-
-/// An error with its machine-readable detail.
-fn fail(code: Code, kind: Kind, message: impl Into<String>, attempts_left: u32) -> Status {
-    let detail = ErrorDetail {
-        kind: kind as i32,
-        attempts_left,
-    };
-    Status::with_details(code, message, detail.encode_to_vec().into())
-}
-
-fn invalid(message: impl Into<String>) -> Status {
-    fail(Code::InvalidArgument, Kind::InvalidArgument, message, 0)
-}
-
-fn unavailable(message: impl Into<String>) -> Status {
-    fail(Code::Unavailable, Kind::Unavailable, message, 0)
-}
-
-fn hsm_failed(e: vault_hsm::HsmError) -> Status {
-    unavailable(format!("HSM: {e}"))
-}
-
-fn propose_failed(e: ProposeError) -> Status {
-    match e {
-        ProposeError::Retryable(m) => unavailable(m),
-        ProposeError::Fatal(m) => Status::internal(m),
-    }
-}
-
-/// A command the state machine refused, as the frontend sees it.
-fn refused(e: CommandError) -> Status {
-    match e {
-        CommandError::NotFound => fail(Code::NotFound, Kind::NotFound, "no such user", 0),
-        CommandError::Locked => fail(
-            Code::FailedPrecondition,
-            Kind::Locked,
-            "locked: no attempts left, the key is erased",
-            0,
-        ),
-        CommandError::FleetNotInitialized => fail(
-            Code::FailedPrecondition,
-            Kind::NotInitialized,
-            "the fleet is not initialized",
-            0,
-        ),
-        CommandError::RequestIdReused => invalid("the request id was used for another request"),
-        CommandError::MaxAttemptsOutOfRange { requested, cap } => {
-            invalid(format!("max_attempts {requested} is outside 1..={cap}"))
-        }
-        CommandError::StaleGeneration { .. } | CommandError::NoAttemptInProgress => fail(
-            Code::FailedPrecondition,
-            Kind::SessionExpired,
-            "the record changed since this session began",
-            0,
-        ),
-        other => Status::failed_precondition(other.to_string()),
-    }
-}
 
 fn user_id(s: &str) -> Result<UserId, Status> {
     if s.len() > MAX_USER_ID {
@@ -114,18 +61,10 @@ fn user_id(s: &str) -> Result<UserId, Status> {
     UserId::new(s).map_err(|e| invalid(format!("user_id: {e}")))
 }
 
-fn bounded<'a>(bytes: &'a [u8], max: usize, what: &str) -> Result<&'a [u8], Status> {
-    if bytes.is_empty() || bytes.len() > max {
-        return Err(invalid(format!("{what} must be 1..={max} bytes")));
-    }
-    Ok(bytes)
-}
-
-fn request_id(bytes: &[u8]) -> Result<RequestId, Status> {
-    let id: [u8; 16] = bytes
+fn sixteen(bytes: &[u8], what: &str) -> Result<[u8; 16], Status> {
+    bytes
         .try_into()
-        .map_err(|_| invalid("request_id must be 16 bytes"))?;
-    Ok(RequestId(id))
+        .map_err(|_| invalid(format!("{what} must be 16 bytes")))
 }
 
 fn now() -> Timestamp {
@@ -136,15 +75,6 @@ fn now() -> Timestamp {
     )
 }
 
-/// One login between `RecoverStart` and `RecoverFinish`.
-struct Session {
-    user: UserId,
-    generation: Generation,
-    state: ServerLoginState,
-    enc_k: Zeroizing<Vec<u8>>,
-    expires: Instant,
-}
-
 /// The frontend API of one node.
 pub struct FrontendService {
     fleet: Arc<Fleet>,
@@ -153,13 +83,11 @@ pub struct FrontendService {
     proposer: Proposer,
     metrics: Arc<Metrics>,
     secrets: tokio::sync::OnceCell<Arc<FleetSecrets>>,
-    sessions: Mutex<HashMap<[u8; 16], Session>>,
-    session_ttl: Duration,
-    max_sessions: usize,
+    sessions: Sessions,
 }
 
 impl FrontendService {
-    /// The service, with default session limits.
+    /// The service, with the session limits of the fleet file.
     pub fn new(
         fleet: Arc<Fleet>,
         reader: StateReader,
@@ -167,6 +95,8 @@ impl FrontendService {
         proposer: Proposer,
         metrics: Arc<Metrics>,
     ) -> FrontendService {
+        let l = &fleet.limits;
+        let sessions = Sessions::new(l.session_ttl, l.max_sessions, l.sessions_per_user);
         FrontendService {
             fleet,
             reader,
@@ -174,17 +104,8 @@ impl FrontendService {
             proposer,
             metrics,
             secrets: tokio::sync::OnceCell::new(),
-            sessions: Mutex::new(HashMap::new()),
-            session_ttl: DEFAULT_SESSION_TTL,
-            max_sessions: DEFAULT_MAX_SESSIONS,
+            sessions,
         }
-    }
-
-    /// Sets how long login states live and how many are held.
-    pub fn with_sessions(mut self, ttl: Duration, max: usize) -> FrontendService {
-        self.session_ttl = ttl;
-        self.max_sessions = max;
-        self
     }
 
     /// The fleet's secrets, unsealed once from the replicated state.
@@ -194,18 +115,9 @@ impl FrontendService {
                 let fleet = self
                     .reader
                     .with_state(|s| s.fleet().cloned())
-                    .ok_or_else(|| {
-                        fail(
-                            Code::FailedPrecondition,
-                            Kind::NotInitialized,
-                            "the fleet is not initialized",
-                            0,
-                        )
-                    })?;
+                    .ok_or_else(not_initialized)?;
                 if fleet.fleet_id != self.fleet.fleet_id {
-                    return Err(Status::internal(
-                        "the replicated fleet id is not this fleet file's",
-                    ));
+                    return Err(internal("the replicated fleet id is not this fleet file's"));
                 }
                 let setup = timed_hsm(
                     &self.metrics,
@@ -228,7 +140,7 @@ impl FrontendService {
                 .await
                 .map_err(hsm_failed)?;
                 let secrets = FleetSecrets::new(fleet.fleet_id, setup.expose(), hpke.expose())
-                    .map_err(|e| Status::internal(format!("fleet secrets: {e}")))?;
+                    .map_err(|e| internal(format!("fleet secrets: {e}")))?;
                 Ok(Arc::new(secrets))
             })
             .await
@@ -273,18 +185,32 @@ impl FrontendService {
             .map_err(propose_failed)?
         {
             Reply::Vault(r) => Ok(r),
-            Reply::Raft => Err(Status::internal("a command got a Raft reply")),
+            Reply::Raft => Err(internal("a command got a Raft reply")),
         }
     }
 
+    /// `BeginAttempt`, committed: the granted attempt's generation, sealed
+    /// record and attempts left.
+    #[cfg(not(feature = "unsafe-ke2-before-commit"))]
+    async fn begin_attempt(
+        &self,
+        id: RequestId,
+        digest: RequestDigest,
+        user: &UserId,
+    ) -> Result<Result<VaultResponse, CommandError>, Status> {
+        self.propose(id, digest, Command::BeginAttempt { user: user.clone() })
+            .await
+    }
+
     /// DELIBERATELY BROKEN, for the chaos checker's bite test only (cargo
-    /// feature `unsafe-ke2-before-commit`, never in a release): grants the
-    /// attempt from this node's applied state and commits `BeginAttempt`
-    /// 300 ms later in the background, so KE2 leaves before the attempt is
+    /// feature `unsafe-ke2-before-commit`, which `build.rs` refuses to
+    /// build unless `BKV_BUILD_UNSAFE_NODE` says so): grants the attempt
+    /// from this node's applied state and commits `BeginAttempt` 300 ms
+    /// later in the background, so KE2 leaves before the attempt is
     /// durable. A crash, or a fast guesser, gets guesses that were never
     /// counted; the chaos checker must catch it.
     #[cfg(feature = "unsafe-ke2-before-commit")]
-    async fn grant_before_commit(
+    async fn begin_attempt(
         &self,
         id: RequestId,
         digest: RequestDigest,
@@ -318,55 +244,82 @@ impl FrontendService {
             command: Command::BeginAttempt { user: user.clone() },
         };
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let _ = proposer.propose(proposal).await;
         });
         Ok(granted)
     }
 
-    fn keep_session(&self, session: Session) -> Result<[u8; 16], Status> {
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        let mut sessions = self
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= self.max_sessions {
-            return Err(fail(
-                Code::ResourceExhausted,
-                Kind::Unavailable,
-                "too many recoveries in progress on this node; retry",
-                0,
-            ));
-        }
-        sessions.insert(id, session);
-        Ok(id)
+    /// After `BeginAttempt` committed: unseals the record and computes KE2.
+    /// Every error here is marked committed by the caller.
+    async fn ke2(
+        &self,
+        secrets: &FleetSecrets,
+        user: &UserId,
+        generation: Generation,
+        sealed_record: SealedBytes,
+        ke1: &[u8],
+    ) -> Result<
+        (
+            Vec<u8>,
+            vault_protocol::ServerLoginState,
+            Zeroizing<Vec<u8>>,
+        ),
+        Status,
+    > {
+        let plain = timed_hsm(
+            &self.metrics,
+            "unseal",
+            self.hsm.unseal(
+                record_aad(secrets.fleet(), user, generation),
+                sealed_record.0,
+            ),
+        )
+        .await
+        .map_err(hsm_failed)?;
+        let record = StoredRecord::decode(plain.expose())
+            .map_err(|e| internal(format!("stored record: {e}")))?;
+        let (ke2, state) = secrets
+            .login_start(&mut OsRng, user, &record, ke1)
+            .map_err(|e| internal(format!("KE2: {e}")))?;
+        Ok((ke2, state, Zeroizing::new(record.enc_k.clone())))
     }
 
-    fn take_session(&self, id: &[u8]) -> Result<Session, Status> {
-        let expired = || {
-            fail(
-                Code::FailedPrecondition,
-                Kind::SessionExpired,
-                "no such session on this node (expired, finished, or started elsewhere)",
-                0,
-            )
-        };
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| invalid("session_id must be 16 bytes"))?;
-        let session = self
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id)
-            .ok_or_else(expired)?;
-        if session.expires <= Instant::now() {
-            return Err(expired());
+    fn start_reply(&self, a: Answer, secrets: &FleetSecrets) -> RecoverStartReply {
+        RecoverStartReply {
+            ke2: a.ke2,
+            session_id: a.session_id.to_vec(),
+            attempts_left: a.attempts_left,
+            generation: a.generation.0,
+            fleet: Some(self.fleet_keys(secrets)),
+            session_ttl_seconds: self.sessions.ttl().as_secs() as u32,
         }
-        Ok(session)
+    }
+}
+
+/// A refusal before anything was committed, for a `RecoverStart` that got
+/// no login-state place.
+fn no_place(r: Refusal) -> Status {
+    match r {
+        Refusal::Full => fail(
+            Code::ResourceExhausted,
+            ErrorKind::Unavailable,
+            "too many recoveries in progress on this node; retry (nothing was committed)",
+        ),
+        Refusal::UserFull => fail(
+            Code::ResourceExhausted,
+            ErrorKind::Unavailable,
+            "too many recoveries of this user in progress on this node; finish or wait for one (nothing was committed)",
+        ),
+        Refusal::InFlight => status::unavailable(
+            "this request is being committed on this node; retry with the same request id",
+        ),
+        Refusal::Finished => fail(
+            Code::FailedPrecondition,
+            ErrorKind::SessionExpired,
+            "this recovery finished on this node; start a new one",
+        ),
+        Refusal::Reused => invalid("the request id was used for another request"),
     }
 }
 
@@ -379,18 +332,23 @@ impl Frontend for FrontendService {
         vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let request = bounded(
-            &r.registration_request,
-            MAX_OPAQUE_MESSAGE,
-            "registration_request",
-        )?;
         let secrets = self.secrets().await?;
-        let response = secrets
-            .register_start(&user, request)
+        // The generation the app will seal: a linearizable read, so that a
+        // registration right after a lockout, delete or registration sees
+        // it (the compare-and-set would refuse a stale one anyway).
+        self.proposer.read_barrier().await.map_err(propose_failed)?;
+        let generation = self
+            .reader
+            .with_state(|s| s.user(&user).map(|u| u.generation))
+            .unwrap_or(Generation(0));
+        let started = secrets
+            .register_start(&mut OsRng, &user, generation, &r.registration_request)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Response::new(RegisterStartReply {
-            registration_response: response,
+            registration_response: started.response,
             fleet: Some(self.fleet_keys(&secrets)),
+            registration_nonce: started.nonce.to_vec(),
+            generation: generation.0,
         }))
     }
 
@@ -401,40 +359,31 @@ impl Frontend for FrontendService {
         vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let sealed = bounded(
-            &r.sealed_registration,
-            MAX_SEALED_PAYLOAD,
-            "sealed_registration",
-        )?;
-        let id = request_id(&r.request_id)?;
-        let max_attempts = match r.max_attempts {
-            0 => self.fleet.max_attempts_cap,
-            n if n > self.fleet.max_attempts_cap => {
-                return Err(invalid(format!(
-                    "max_attempts {n} is above the fleet's cap {}",
-                    self.fleet.max_attempts_cap
-                )));
-            }
-            n => n,
-        };
+        let id = RequestId(sixteen(&r.request_id, "request_id")?);
+        #[expect(deprecated, reason = "refusing the v1 field is its only use")]
+        if r.max_attempts != 0 {
+            return Err(invalid(
+                "max_attempts travels inside the sealed payload (protocol v2); leave the field unset",
+            ));
+        }
         let secrets = self.secrets().await?;
-        let record = secrets
-            .register_finish(&user, sealed)
+        let opened = secrets
+            .register_finish(&user, &r.sealed_registration)
             .map_err(|e| invalid(e.to_string()))?;
-        // Seal for the generation this registration will get; the command
-        // is refused if another registration takes it first.
-        self.proposer.read_barrier().await.map_err(propose_failed)?;
-        let current = self
-            .reader
-            .with_state(|s| s.user(&user).map(|u| u.generation))
-            .unwrap_or(Generation(0));
-        let generation = Generation(current.0 + 1);
+        let cap = self.fleet.max_attempts_cap;
+        if opened.max_attempts == 0 || opened.max_attempts > cap {
+            return Err(invalid(format!(
+                "max_attempts {} is outside 1..={cap}",
+                opened.max_attempts
+            )));
+        }
+        let expected = opened.expected_generation;
         let sealed_record = timed_hsm(
             &self.metrics,
             "seal",
             self.hsm.seal(
-                record_aad(secrets.fleet(), &user, generation),
-                SecretBytes::new(record.encode().to_vec()),
+                record_aad(secrets.fleet(), &user, Generation(expected.0 + 1)),
+                SecretBytes::new(opened.record.encode().to_vec()),
             ),
         )
         .await
@@ -442,29 +391,27 @@ impl Frontend for FrontendService {
         let digest = RequestDigest::of(&[
             b"register",
             user.as_str().as_bytes(),
-            sealed,
-            &max_attempts.to_be_bytes(),
+            &r.sealed_registration,
         ]);
         let command = Command::Register {
             user: user.clone(),
-            generation: Some(generation),
+            expected_generation: expected,
             sealed_record: SealedBytes(sealed_record),
-            max_attempts,
+            max_attempts: opened.max_attempts,
         };
         match self.propose(id, digest, command).await? {
             Ok(VaultResponse::Registered { generation }) => {
                 tracing::info!(request = ?id, generation = generation.0, "registered");
                 Ok(Response::new(RegisterFinishReply {
                     generation: generation.0,
-                    max_attempts,
+                    max_attempts: opened.max_attempts,
                 }))
             }
-            Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Ok(other) => Err(internal(format!("unexpected reply {other:?}"))),
             Err(CommandError::StaleGeneration { .. }) => Err(fail(
                 Code::Aborted,
-                Kind::Conflict,
-                "another registration of this user won; retry with a new request id",
-                0,
+                ErrorKind::Conflict,
+                "the user's generation changed since RegisterStart (another registration, a lockout or a delete); start the registration again",
             )),
             Err(e) => Err(refused(e)),
         }
@@ -477,21 +424,22 @@ impl Frontend for FrontendService {
         vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let ke1 = bounded(&r.ke1, MAX_OPAQUE_MESSAGE, "ke1")?;
-        let id = request_id(&r.request_id)?;
+        let id = RequestId(sixteen(&r.request_id, "request_id")?);
         // Junk must not cost the user an attempt: parse before committing.
-        vault_protocol::check_ke1(ke1).map_err(|e| invalid(e.to_string()))?;
+        vault_protocol::check_ke1(&r.ke1).map_err(|e| invalid(e.to_string()))?;
         let secrets = self.secrets().await?;
-        // The digest binds the request id to this KE1: a retry with another
-        // KE1 (another password guess) under the same id is refused.
-        let digest = RequestDigest::of(&[b"begin-attempt", user.as_str().as_bytes(), ke1]);
-        #[cfg(not(feature = "unsafe-ke2-before-commit"))]
-        let granted = self
-            .propose(id, digest, Command::BeginAttempt { user: user.clone() })
-            .await?;
-        #[cfg(feature = "unsafe-ke2-before-commit")]
-        let granted = self.grant_before_commit(id, digest, &user).await?;
-        // Only now, with the attempt committed and applied, may KE2 leave.
+        // The digest binds the request id to this user and KE1: a retry
+        // with another KE1 (another password guess) under the same id is
+        // refused.
+        let digest = RequestDigest::of(&[b"begin-attempt", user.as_str().as_bytes(), &r.ke1]);
+        let reservation = match self.sessions.begin(&user, id, digest) {
+            Begin::Reserved(reservation) => reservation,
+            Begin::Replay(answer) => {
+                return Ok(Response::new(self.start_reply(answer, &secrets)));
+            }
+            Begin::Refused(why) => return Err(no_place(why)),
+        };
+        let granted = self.begin_attempt(id, digest, &user).await?;
         let (generation, sealed_record, attempts_left) = match granted {
             Ok(VaultResponse::AttemptGranted {
                 generation,
@@ -499,40 +447,18 @@ impl Frontend for FrontendService {
                 attempts_left,
                 ..
             }) => (generation, sealed_record, attempts_left),
-            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Ok(other) => return Err(internal(format!("unexpected reply {other:?}"))),
             Err(e) => return Err(refused(e)),
         };
-        let plain = timed_hsm(
-            &self.metrics,
-            "unseal",
-            self.hsm.unseal(
-                record_aad(secrets.fleet(), &user, generation),
-                sealed_record.0,
-            ),
-        )
-        .await
-        .map_err(hsm_failed)?;
-        let record = StoredRecord::decode(plain.expose())
-            .map_err(|e| Status::internal(format!("stored record: {e}")))?;
-        let (ke2, state) = secrets
-            .login_start(&mut OsRng, &user, &record, ke1)
-            .map_err(|e| invalid(e.to_string()))?;
-        let session_id = self.keep_session(Session {
-            user,
-            generation,
-            state,
-            enc_k: Zeroizing::new(record.enc_k.clone()),
-            expires: Instant::now() + self.session_ttl,
-        })?;
+        // Only now, with the attempt committed and applied, may KE2 leave.
+        let (ke2, state, enc_k) = self
+            .ke2(&secrets, &user, generation, sealed_record, &r.ke1)
+            .await
+            .map_err(after_commit)?;
+        let answer = reservation.open(user, generation, state, enc_k, ke2, attempts_left);
+        self.metrics.sessions.set(self.sessions.held() as i64);
         tracing::info!(request = ?id, generation = generation.0, attempts_left, "attempt granted");
-        Ok(Response::new(RecoverStartReply {
-            ke2,
-            session_id: session_id.to_vec(),
-            attempts_left,
-            generation: generation.0,
-            fleet: Some(self.fleet_keys(&secrets)),
-            session_ttl_seconds: self.session_ttl.as_secs() as u32,
-        }))
+        Ok(Response::new(self.start_reply(answer, &secrets)))
     }
 
     async fn recover_finish(
@@ -541,21 +467,26 @@ impl Frontend for FrontendService {
     ) -> Result<Response<RecoverFinishReply>, Status> {
         vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
-        let ke3 = bounded(&r.ke3, MAX_OPAQUE_MESSAGE, "ke3")?;
-        let session = self.take_session(&r.session_id)?;
-        let Session {
-            user,
-            generation,
-            state,
-            enc_k,
-            ..
-        } = session;
-        let outcome = state.finish(&mut OsRng, ke3, &enc_k);
+        // A malformed KE3 is the caller's error: it neither ends the
+        // session nor counts as a wrong password.
+        vault_protocol::check_ke3(&r.ke3).map_err(|e| invalid(e.to_string()))?;
+        let session_id = sixteen(&r.session_id, "session_id")?;
+        let session = self.sessions.take(&session_id).ok_or_else(|| {
+            fail(
+                Code::FailedPrecondition,
+                ErrorKind::SessionExpired,
+                "no such session on this node (expired, finished, or started elsewhere)",
+            )
+        })?;
+        self.metrics.sessions.set(self.sessions.held() as i64);
+        let user = session.user.clone();
+        let generation = session.generation;
+        let outcome = session.state.finish(&mut OsRng, &r.ke3, &session.enc_k);
         let success = outcome.is_ok();
         // The outcome is committed before anything is answered; the id is
         // fresh because this session finishes at most once.
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
+        let mut fid = [0u8; 16];
+        OsRng.fill_bytes(&mut fid);
         let digest = RequestDigest::of(&[
             b"finish-attempt",
             user.as_str().as_bytes(),
@@ -563,7 +494,7 @@ impl Frontend for FrontendService {
         ]);
         let finished = self
             .propose(
-                RequestId(id),
+                RequestId(fid),
                 digest,
                 Command::FinishAttempt {
                     user,
@@ -579,17 +510,13 @@ impl Frontend for FrontendService {
             }
             (Ok(VaultResponse::AttemptFinished { locked: true, .. }), Err(_)) => Err(fail(
                 Code::FailedPrecondition,
-                Kind::Locked,
+                ErrorKind::Locked,
                 "wrong password; no attempts left: the key is erased",
-                0,
             )),
-            (Ok(VaultResponse::AttemptFinished { attempts_left, .. }), Err(_)) => Err(fail(
-                Code::PermissionDenied,
-                Kind::WrongPassword,
-                format!("wrong password; {attempts_left} attempts left"),
-                attempts_left,
-            )),
-            (Ok(other), _) => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            (Ok(VaultResponse::AttemptFinished { attempts_left, .. }), Err(_)) => {
+                Err(wrong_password(attempts_left))
+            }
+            (Ok(other), _) => Err(internal(format!("unexpected reply {other:?}"))),
             (Err(e), _) => Err(refused(e)),
         }
     }
@@ -634,7 +561,7 @@ impl Frontend for FrontendService {
         vault_fleet::callers::frontend(&req)?;
         let r = req.into_inner();
         let user = user_id(&r.user_id)?;
-        let id = request_id(&r.request_id)?;
+        let id = RequestId(sixteen(&r.request_id, "request_id")?);
         let digest = RequestDigest::of(&[b"delete", user.as_str().as_bytes()]);
         match self.propose(id, digest, Command::Delete { user }).await? {
             Ok(_) => Ok(Response::new(DeleteReply {})),
@@ -649,5 +576,53 @@ impl Frontend for FrontendService {
         vault_fleet::callers::frontend(&req)?;
         let secrets = self.secrets().await?;
         Ok(Response::new(self.fleet_keys(&secrets)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rand::SeedableRng;
+    use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
+    use vault_types::FleetId;
+
+    /// A real OPAQUE login state (for the session table's tests).
+    pub(crate) fn login_state() -> vault_protocol::ServerLoginState {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let fleet = FleetId::new("f").unwrap();
+        let secrets = vault_protocol::FleetSecrets::new(
+            fleet.clone(),
+            &vault_protocol::suite::new_server_setup([1; 32]),
+            &vault_protocol::new_hpke_key([2; 32]),
+        )
+        .unwrap();
+        let user = vault_types::UserId::new("u").unwrap();
+        let ksf = argon2id(8, 1, 1).unwrap();
+        let (reg, request) = Registration::start(&mut rng, b"pw").unwrap();
+        let started = secrets
+            .register_start(&mut rng, &user, vault_types::Generation(0), &request)
+            .unwrap();
+        let out = reg
+            .finish(
+                &mut rng,
+                b"pw",
+                &RegisterStartAnswer {
+                    response: &started.response,
+                    nonce: &started.nonce,
+                    generation: vault_types::Generation(0),
+                },
+                &user,
+                &fleet,
+                secrets.hpke_public_key(),
+                &ksf,
+                3,
+                &[0; 32],
+            )
+            .unwrap();
+        let opened = secrets.register_finish(&user, &out.sealed).unwrap();
+        let (_, ke1) = Login::start(&mut rng, b"pw").unwrap();
+        secrets
+            .login_start(&mut rng, &user, &opened.record, &ke1)
+            .unwrap()
+            .1
     }
 }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub batches_applied: IntGauge,
     /// Proposals those entries carried.
     pub proposals_applied: IntGauge,
+    /// Login states this node holds between RecoverStart and RecoverFinish.
+    pub sessions: IntGauge,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
     hsm_seconds: HistogramVec,
@@ -160,6 +162,11 @@ impl Metrics {
                 "raft_proposals_applied",
                 "Client proposals applied since start (over raft_batches_applied: proposals per entry)",
             ),
+            sessions: gauge(
+                &registry,
+                "frontend_sessions",
+                "Login states held between RecoverStart and RecoverFinish (open and being committed)",
+            ),
             registry,
             rpc_total,
             rpc_seconds,
@@ -271,6 +278,57 @@ fn code_of(headers: &http::HeaderMap) -> &'static str {
     }
 }
 
+/// A refusal tonic made itself (a message over the size limit, a method
+/// that does not exist, a deadline) carries no error detail; give it one
+/// by its code, so every refusal a caller sees has the same form
+/// (`vault_proto::errors`).
+fn add_missing_detail(headers: &mut http::HeaderMap) {
+    const DETAILS: &str = "grpc-status-details-bin";
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let code = tonic::Code::from_i32(code);
+    if code == tonic::Code::Ok || headers.contains_key(DETAILS) {
+        return;
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let detail = vault_proto::errors::ErrorDetail {
+        kind: vault_proto::errors::kind_of_code(code) as i32,
+        ..Default::default()
+    };
+    let bytes = vault_proto::errors::details_bytes(code, &message, &detail);
+    // grpc-status-details-bin is base64 without padding (gRPC over HTTP/2).
+    if let Ok(v) = http::HeaderValue::from_str(&base64_unpadded(&bytes)) {
+        headers.insert(DETAILS, v);
+    }
+}
+
+fn base64_unpadded(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
@@ -286,25 +344,24 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // "/vault.v1.Peer/AppendEntries" -> "Peer/AppendEntries"
-        let path = req.uri().path();
-        let method = path
-            .trim_start_matches('/')
-            .rsplit_once('.')
-            .map_or(path, |(_, m)| m)
-            .to_owned();
+        // "/vault.v1.Peer/AppendEntries" -> "Peer/AppendEntries"; a path
+        // of no known method -> "unknown" (labels are a fixed set).
+        let method = vault_proto::methods::label(req.uri().path());
         let span = tracing::info_span!("rpc", node = self.layer.node_id, method = %method);
         let metrics = self.layer.metrics.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(
             async move {
-                let result = fut.await;
-                let code = match &result {
-                    Ok(resp) => code_of(resp.headers()),
+                let mut result = fut.await;
+                let code = match &mut result {
+                    Ok(resp) => {
+                        add_missing_detail(resp.headers_mut());
+                        code_of(resp.headers())
+                    }
                     Err(_) => "TRANSPORT",
                 };
-                metrics.rpc(&method, code, start.elapsed());
+                metrics.rpc(method, code, start.elapsed());
                 if code != "OK" {
                     tracing::debug!(code, "call failed");
                 }
@@ -335,6 +392,56 @@ mod tests {
             text.contains("bkv_hsm_op_seconds_count{op=\"seal\",outcome=\"ok\",node=\"3\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_refusal_without_a_detail_gets_one_by_its_code() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert("grpc-message", http::HeaderValue::from_static("too large"));
+        add_missing_detail(&mut h);
+        let b64 = h
+            .get("grpc-status-details-bin")
+            .expect("added")
+            .to_str()
+            .unwrap();
+        // What tonic's client does with the header: decode it and hand the
+        // bytes over as the status details.
+        let status = tonic::Status::from_header_map(&h).expect("a status");
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        let d = vault_proto::errors::detail(&status).expect("a detail");
+        assert_eq!(
+            d.kind,
+            vault_proto::errors::ErrorKind::InvalidArgument as i32
+        );
+        assert!(!b64.ends_with('='));
+        // A detail already there, and a success, are left alone.
+        let mut ok = http::HeaderMap::new();
+        add_missing_detail(&mut ok);
+        assert!(ok.is_empty());
+        let mut had = http::HeaderMap::new();
+        had.insert("grpc-status", http::HeaderValue::from_static("3"));
+        had.insert(
+            "grpc-status-details-bin",
+            http::HeaderValue::from_static("AA"),
+        );
+        add_missing_detail(&mut had);
+        assert_eq!(had.get("grpc-status-details-bin").unwrap(), "AA");
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_4648_vectors_unpadded() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_unpadded(plain.as_bytes()), enc);
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@ use anyhow::Context;
 use openraft::storage::RaftLogStorage;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use vault_fleet::config::{Fleet, HsmModule, NodeConfig};
-use vault_fleet::tls::server_config;
+use vault_fleet::serve::{ConnLimits, incoming};
+use vault_fleet::tls::{ClientAuth, rustls_server_config};
 use vault_hsm::{AsyncHsm, HsmConfig, PinSource, Pkcs11Hsm};
 use vault_proto::v1::admin_server::AdminServer;
 use vault_proto::v1::peer_server::PeerServer;
@@ -63,13 +63,15 @@ fn open_hsm(node: &NodeConfig) -> anyhow::Result<Pkcs11Hsm> {
     Pkcs11Hsm::open(&config).with_context(|| format!("open HSM token {:?}", node.hsm.token_label))
 }
 
-fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpIncoming> {
-    // tonic's serve_with_incoming ignores the builder's nodelay: set it on
-    // the incoming stream, or every TLS handshake waits ~40 ms on Nagle.
-    Ok(TcpIncoming::bind(addr)
-        .with_context(|| format!("bind the {what} address {addr}"))?
-        .with_nodelay(Some(true)))
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind the {what} address {addr}"))
 }
+
+/// HTTP/2 pings on every connection: a peer that vanished without closing
+/// is dropped within interval + timeout.
+const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
 
 /// Runs node `node_id` of `fleet` until SIGTERM or SIGINT, then shuts down
 /// gracefully: stop accepting, finish in-flight calls, stop Raft, close the
@@ -154,14 +156,26 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         frontend: frontend.clone(),
     };
 
-    let peer_incoming = bind(me.peer_bind_addr, "peer")?;
-    let front_incoming = bind(me.frontend_addr, "frontend")?;
+    // TLS is done here, not by tonic: a connection cap, a handshake
+    // deadline and TCP keepalive on both ports (vault_fleet::serve).
+    let limits = ConnLimits::from(&fleet.limits);
+    let peer_incoming = incoming(
+        bind(me.peer_bind_addr, "peer").await?,
+        rustls_server_config(&me.tls, &fleet.tls.fleet_ca, ClientAuth::Required)?,
+        limits,
+    );
+    let front_incoming = incoming(
+        bind(me.frontend_addr, "frontend").await?,
+        rustls_server_config(&me.tls, &fleet.tls.frontend_ca, ClientAuth::Required)?,
+        limits,
+    );
     let metrics_listener = tokio::net::TcpListener::bind(me.metrics_addr)
         .await
         .with_context(|| format!("bind the metrics address {}", me.metrics_addr))?;
 
     let peer_server = Server::builder()
-        .tls_config(server_config(&me.tls, &fleet.tls.fleet_ca)?)?
+        .http2_keepalive_interval(Some(H2_KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(H2_KEEPALIVE.1))
         .timeout(Duration::from_secs(120))
         .layer(RpcLayer::new(metrics.clone(), node_id))
         .add_service(
@@ -173,7 +187,8 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .add_service(health_service.clone())
         .serve_with_incoming_shutdown(peer_incoming, stopped(stop.clone()));
     let front_server = Server::builder()
-        .tls_config(server_config(&me.tls, &fleet.tls.frontend_ca)?)?
+        .http2_keepalive_interval(Some(H2_KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(H2_KEEPALIVE.1))
         .timeout(Duration::from_secs(30))
         .layer(RpcLayer::new(metrics.clone(), node_id))
         .add_service(

@@ -8,15 +8,17 @@ use opaque_ke::{
     ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
 };
 use rand_core::{CryptoRng, RngCore};
-use vault_types::{FleetId, UserId};
-use zeroize::Zeroizing;
+use vault_types::{FleetId, Generation, UserId};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{
-    HpkeAead, HpkeKdf, HpkeKem, bounded, hpke_aad, identifiers, open_answer, unwrap_key, wrap_key,
+    HpkeAead, HpkeKdf, HpkeKem, hpke_aad, identifiers, open_answer, unwrap_key, wrap_key,
 };
 use crate::formats::RegisterPayload;
 use crate::suite::Suite;
-use crate::{CONTEXT, HPKE_INFO, KEY_LEN, MAX_OPAQUE_MESSAGE, ProtocolError};
+use crate::{
+    CONTEXT, HPKE_INFO, KE2_LEN, KEY_LEN, NONCE_LEN, ProtocolError, REGISTRATION_RESPONSE_LEN,
+};
 
 /// Argon2id with `m_kib` KiB of memory, `t` passes, `p` lanes.
 pub fn argon2id(m_kib: u32, t: u32, p: u32) -> Result<argon2::Argon2<'static>, ProtocolError> {
@@ -51,8 +53,9 @@ impl Registration {
         ))
     }
 
-    /// Finishes it with the server's response: wraps `k` under the export
-    /// key and seals `{upload, enc_K}` to the fleet's HPKE key.
+    /// Finishes it with `RegisterStart`'s answer: wraps `k` under the
+    /// export key and seals `{upload, enc_K, n, g, max_attempts}` to the
+    /// fleet's HPKE key, so the frontend can change none of it.
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a distinct protocol input"
@@ -61,28 +64,41 @@ impl Registration {
         self,
         rng: &mut (impl CryptoRng + RngCore),
         password: &[u8],
-        response: &[u8],
+        answer: &RegisterStartAnswer<'_>,
         user: &UserId,
         fleet: &FleetId,
         fleet_hpke_pk: &[u8],
         ksf: &argon2::Argon2<'static>,
+        max_attempts: u32,
         k: &[u8; KEY_LEN],
     ) -> Result<RegistrationOutput, ProtocolError> {
-        let response = RegistrationResponse::<Suite>::deserialize(bounded(
-            response,
-            MAX_OPAQUE_MESSAGE,
+        let response = RegistrationResponse::<Suite>::deserialize(exactly(
+            answer.response,
+            REGISTRATION_RESPONSE_LEN,
             "registration response",
         )?)
         .map_err(|_| ProtocolError::Malformed("registration response"))?;
+        let nonce: [u8; NONCE_LEN] = answer
+            .nonce
+            .try_into()
+            .map_err(|_| ProtocolError::Malformed("registration nonce"))?;
+        if max_attempts == 0 {
+            return Err(ProtocolError::Malformed("max_attempts"));
+        }
         let params = ClientRegistrationFinishParameters::new(identifiers(user, fleet), Some(ksf));
-        let done = self
+        let mut done = self
             .state
             .finish(rng, password, response, params)
             .map_err(|_| ProtocolError::Malformed("registration response"))?;
         let enc_k = wrap_key(rng, &done.export_key, user, k);
+        let export_key = Zeroizing::new(done.export_key.to_vec());
+        done.export_key.as_mut_slice().zeroize();
         let payload = RegisterPayload {
             upload: done.message.serialize().to_vec(),
             enc_k: enc_k.clone(),
+            nonce,
+            generation: answer.generation,
+            max_attempts,
         };
         let pk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(fleet_hpke_pk)
             .map_err(|_| ProtocolError::Malformed("fleet HPKE key"))?;
@@ -90,7 +106,7 @@ impl Registration {
             &OpModeS::Base,
             &pk,
             HPKE_INFO,
-            &payload.encode(),
+            &payload.encode()?,
             &hpke_aad(fleet, user),
             rng,
         )
@@ -100,10 +116,31 @@ impl Registration {
         Ok(RegistrationOutput {
             sealed,
             server_public_key: done.server_s_pk.serialize().to_vec(),
-            export_key: Zeroizing::new(done.export_key.to_vec()),
+            export_key,
             upload: Zeroizing::new(payload.upload.clone()),
             enc_k: Zeroizing::new(enc_k),
         })
+    }
+}
+
+/// What `RegisterStart` answered, as the app passes it to
+/// [`Registration::finish`].
+#[derive(Clone, Copy, Debug)]
+pub struct RegisterStartAnswer<'a> {
+    /// The OPAQUE `RegistrationResponse` (64 bytes).
+    pub response: &'a [u8],
+    /// The registration nonce `n` (32 bytes), sealed back unchanged.
+    pub nonce: &'a [u8],
+    /// The user's current generation (0: never registered), sealed back
+    /// unchanged: the registration applies only if it is still current.
+    pub generation: Generation,
+}
+
+fn exactly<'a>(bytes: &'a [u8], len: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+    if bytes.len() == len {
+        Ok(bytes)
+    } else {
+        Err(ProtocolError::Malformed(what))
     }
 }
 
@@ -163,24 +200,27 @@ impl Login {
         fleet: &FleetId,
         ksf: &argon2::Argon2<'static>,
     ) -> Result<LoginSuccess, ProtocolError> {
-        let ke2 =
-            CredentialResponse::<Suite>::deserialize(bounded(ke2, MAX_OPAQUE_MESSAGE, "KE2")?)
-                .map_err(|_| ProtocolError::Malformed("KE2"))?;
+        let ke2 = CredentialResponse::<Suite>::deserialize(exactly(ke2, KE2_LEN, "KE2")?)
+            .map_err(|_| ProtocolError::Malformed("KE2"))?;
         let params =
             ClientLoginFinishParameters::new(Some(CONTEXT), identifiers(user, fleet), Some(ksf));
-        let done = self
+        let mut done = self
             .state
             .finish(rng, password, ke2, params)
             .map_err(|e| match e {
                 opaque_ke::errors::ProtocolError::InvalidLoginError => ProtocolError::WrongPassword,
                 _ => ProtocolError::Malformed("KE2"),
             })?;
-        Ok(LoginSuccess {
+        let success = LoginSuccess {
             ke3: done.message.serialize().to_vec(),
             session_key: Zeroizing::new(done.session_key.to_vec()),
             export_key: Zeroizing::new(done.export_key.to_vec()),
             server_public_key: done.server_s_pk.serialize().to_vec(),
-        })
+        };
+        // opaque-ke's result does not zeroize itself.
+        done.session_key.as_mut_slice().zeroize();
+        done.export_key.as_mut_slice().zeroize();
+        Ok(success)
     }
 }
 

@@ -13,7 +13,9 @@ use sha2::Sha512;
 use vault_types::{FleetId, Generation, UserId};
 use zeroize::Zeroizing;
 
-use crate::{KEY_LEN, NONCE_LEN, ProtocolError, RESPONSE_INFO, WRAP_INFO};
+use crate::{
+    AEAD_NONCE_LEN, KEY_LEN, NONCE_LABEL, NONCE_LEN, ProtocolError, RESPONSE_INFO, WRAP_INFO,
+};
 
 /// The HPKE KEM of the `RegisterFinish` payload.
 pub(crate) type HpkeKem = hpke::kem::X25519HkdfSha256;
@@ -35,7 +37,7 @@ pub(crate) fn aead_seal(
     plaintext: &[u8],
     aad: &[u8],
 ) -> Vec<u8> {
-    let mut nonce = [0u8; NONCE_LEN];
+    let mut nonce = [0u8; AEAD_NONCE_LEN];
     rng.fill_bytes(&mut nonce);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
     let ct = cipher
@@ -59,10 +61,10 @@ pub(crate) fn aead_open(
     aad: &[u8],
     what: &'static str,
 ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-    if sealed.len() < NONCE_LEN + 16 {
+    if sealed.len() < AEAD_NONCE_LEN + 16 {
         return Err(ProtocolError::Malformed(what));
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let (nonce, ct) = sealed.split_at(AEAD_NONCE_LEN);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
     cipher
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
@@ -84,16 +86,65 @@ pub(crate) fn hpke_aad(fleet: &FleetId, user: &UserId) -> Vec<u8> {
     aad
 }
 
-pub(crate) fn bounded<'a>(
-    bytes: &'a [u8],
-    max: usize,
-    what: &'static str,
-) -> Result<&'a [u8], ProtocolError> {
-    if bytes.len() > max {
-        Err(ProtocolError::Malformed(what))
-    } else {
-        Ok(bytes)
+/// OPAQUE's credential identifier of a registration: `user ‖ 0x00 ‖ n`.
+/// A user id holds no control characters, so the split is unambiguous.
+/// opaque-ke derives the record's OPRF key from the OPRF seed and this
+/// identifier: each registration has a key of its own.
+pub fn credential_identifier(user: &UserId, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut id = user.as_str().as_bytes().to_vec();
+    id.push(0);
+    id.extend_from_slice(nonce);
+    id
+}
+
+/// The authenticator of a registration nonce: the first 16 bytes of
+/// HKDF-SHA512-Expand(PRK = `key`, info = label ‖ u16be(len user) ‖ user ‖
+/// u64be(generation) ‖ random half), used as a PRF.
+fn nonce_tag(key: &[u8; 64], user: &UserId, generation: Generation, random: &[u8]) -> [u8; 16] {
+    let mut info = NONCE_LABEL.to_vec();
+    let u = user.as_str().as_bytes();
+    info.extend_from_slice(&(u.len() as u16).to_be_bytes());
+    info.extend_from_slice(u);
+    info.extend_from_slice(&generation.0.to_be_bytes());
+    info.extend_from_slice(random);
+    let mut tag = [0u8; 16];
+    // A 64-byte PRK is SHA-512's length, and 16 bytes are far below
+    // HKDF's output limit: neither call can fail.
+    if let Ok(h) = Hkdf::<Sha512>::from_prk(key) {
+        let _ = h.expand(&info, &mut tag);
     }
+    tag
+}
+
+/// A fresh registration nonce for `user` at `generation`: 16 random bytes
+/// and their authenticator under the node's `key` (derived from the fleet
+/// secrets, the same on every node).
+pub(crate) fn new_nonce(
+    rng: &mut (impl CryptoRng + RngCore),
+    key: &[u8; 64],
+    user: &UserId,
+    generation: Generation,
+) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut n[..16]);
+    let tag = nonce_tag(key, user, generation, &n[..16]);
+    n[16..].copy_from_slice(&tag);
+    n
+}
+
+/// Whether `n` was issued by the fleet for `user` at `generation`. A
+/// captured nonce cannot be reused in a later registration (the
+/// generation moved), so no registration can recreate the OPRF key of an
+/// earlier record.
+pub(crate) fn nonce_is_valid(
+    key: &[u8; 64],
+    user: &UserId,
+    generation: Generation,
+    n: &[u8; NONCE_LEN],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let tag = nonce_tag(key, user, generation, &n[..16]);
+    bool::from(tag.ct_eq(&n[16..]))
 }
 
 /// `enc_K`: K wrapped under the OPAQUE export key (docs/PROTOCOL.md).
@@ -179,7 +230,7 @@ pub fn hpke_key_aad(fleet: &FleetId) -> Vec<u8> {
 /// user and generation. A blob moved to another user or generation fails
 /// to open.
 pub fn record_aad(fleet: &FleetId, user: &UserId, generation: Generation) -> Vec<u8> {
-    let mut aad = b"bkv/v1/record\0".to_vec();
+    let mut aad = b"bkv/v2/record\0".to_vec();
     aad.extend_from_slice(fleet.as_str().as_bytes());
     aad.push(0);
     aad.extend_from_slice(user.as_str().as_bytes());

@@ -1,37 +1,64 @@
 //! The node's steps: `RegisterStart`, `RegisterFinish`, and KE2/KE3 of a
 //! recovery, over the fleet's unsealed secrets.
 
+use hkdf::Hkdf;
 use hpke::{Deserializable, Kem as _, OpModeR, Serializable};
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
     ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
 };
 use rand_core::{CryptoRng, RngCore};
-use vault_types::{FleetId, UserId};
-use zeroize::Zeroizing;
+use sha2::Sha512;
+use vault_types::{FleetId, Generation, UserId};
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::{HpkeAead, HpkeKdf, HpkeKem, bounded, hpke_aad, identifiers, seal_answer};
+use crate::crypto::{
+    HpkeAead, HpkeKdf, HpkeKem, credential_identifier, hpke_aad, identifiers, new_nonce,
+    nonce_is_valid, seal_answer,
+};
 use crate::formats::{RegisterPayload, StoredRecord};
 use crate::suite::Suite;
 use crate::{
-    CONTEXT, HPKE_INFO, HPKE_PUBLIC_KEY_LEN, MAX_OPAQUE_MESSAGE, MAX_SEALED_PAYLOAD, ProtocolError,
+    CONTEXT, HPKE_INFO, HPKE_PUBLIC_KEY_LEN, KE1_LEN, KE3_LEN, NONCE_LEN, ProtocolError,
+    REGISTRATION_REQUEST_LEN, SEALED_REGISTRATION_LEN,
 };
 
-/// Checks that `ke1` is a well-formed KE1, without any secret: a node
-/// calls this before it commits an attempt, so junk never costs one.
+/// HKDF info of the key that authenticates registration nonces.
+const NONCE_KEY_INFO: &[u8] = b"bkv/v2/registration-nonce-key";
+
+fn exactly<'a>(bytes: &'a [u8], len: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+    if bytes.len() == len {
+        Ok(bytes)
+    } else {
+        Err(ProtocolError::Malformed(what))
+    }
+}
+
+/// Checks that `ke1` is a well-formed KE1 (96 bytes, valid points),
+/// without any secret: a node calls this before it commits an attempt, so
+/// junk never costs one.
 pub fn check_ke1(ke1: &[u8]) -> Result<(), ProtocolError> {
-    CredentialRequest::<Suite>::deserialize(bounded(ke1, MAX_OPAQUE_MESSAGE, "KE1")?)
+    CredentialRequest::<Suite>::deserialize(exactly(ke1, KE1_LEN, "KE1")?)
         .map(drop)
         .map_err(|_| ProtocolError::Malformed("KE1"))
 }
 
+/// Checks that `ke3` has KE3's length (64 bytes, a MAC): a node calls this
+/// before it takes the session, so a malformed KE3 neither ends the
+/// session nor counts as a wrong password.
+pub fn check_ke3(ke3: &[u8]) -> Result<(), ProtocolError> {
+    exactly(ke3, KE3_LEN, "KE3").map(drop)
+}
+
 /// The fleet's secrets, unsealed in a node's memory: the OPAQUE server
-/// setup and the HPKE private key. Zeroized on drop (by the libraries'
-/// own types and [`Zeroizing`]).
+/// setup, the HPKE private key, and the key that authenticates
+/// registration nonces (derived from the setup). Zeroized on drop (by the
+/// libraries' own types and [`Zeroizing`]).
 pub struct FleetSecrets {
     fleet: FleetId,
     setup: ServerSetup<Suite>,
     hpke_sk: <HpkeKem as hpke::Kem>::PrivateKey,
+    nonce_key: Zeroizing<[u8; 64]>,
     hpke_pk: Vec<u8>,
     opaque_pk: Vec<u8>,
 }
@@ -42,6 +69,28 @@ impl std::fmt::Debug for FleetSecrets {
     }
 }
 
+/// `RegisterStart`'s answer.
+#[derive(Debug)]
+pub struct RegisterStarted {
+    /// The OPAQUE `RegistrationResponse`, under this registration's own
+    /// OPRF key.
+    pub response: Vec<u8>,
+    /// The registration nonce `n` the app seals back.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// What `RegisterFinish` opened: the record to seal, and the
+/// compare-and-set generation and budget from the app's sealed payload.
+#[derive(Debug)]
+pub struct OpenedRegistration {
+    /// The record the node seals in its HSM.
+    pub record: StoredRecord,
+    /// The generation the app registers over.
+    pub expected_generation: Generation,
+    /// The app's budget of wrong guesses.
+    pub max_attempts: u32,
+}
+
 impl FleetSecrets {
     /// From the unsealed serialized server setup and HPKE private key.
     pub fn new(
@@ -49,6 +98,10 @@ impl FleetSecrets {
         setup: &[u8],
         hpke_sk: &[u8],
     ) -> Result<FleetSecrets, ProtocolError> {
+        let mut nonce_key = Zeroizing::new([0u8; 64]);
+        Hkdf::<Sha512>::new(None, setup)
+            .expand(NONCE_KEY_INFO, nonce_key.as_mut())
+            .map_err(|_| ProtocolError::Internal("nonce key"))?;
         let setup = ServerSetup::<Suite>::deserialize(setup)
             .map_err(|_| ProtocolError::Malformed("server setup"))?;
         let hpke_sk = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(hpke_sk)
@@ -59,6 +112,7 @@ impl FleetSecrets {
             fleet,
             setup,
             hpke_sk,
+            nonce_key,
             hpke_pk,
             opaque_pk,
         })
@@ -79,31 +133,47 @@ impl FleetSecrets {
         &self.opaque_pk
     }
 
-    /// `RegisterStart`: the OPAQUE registration response. Stateless.
-    pub fn register_start(&self, user: &UserId, request: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-        let request = RegistrationRequest::<Suite>::deserialize(bounded(
+    /// `RegisterStart` for `user`, whose current generation is
+    /// `generation`: draws a fresh registration nonce `n` bound to (user,
+    /// generation) and answers the OPAQUE request under the OPRF key of
+    /// credential identifier `user ‖ 0x00 ‖ n`, a key no stored record
+    /// has. Stateless.
+    pub fn register_start(
+        &self,
+        rng: &mut (impl CryptoRng + RngCore),
+        user: &UserId,
+        generation: Generation,
+        request: &[u8],
+    ) -> Result<RegisterStarted, ProtocolError> {
+        let request = RegistrationRequest::<Suite>::deserialize(exactly(
             request,
-            MAX_OPAQUE_MESSAGE,
+            REGISTRATION_REQUEST_LEN,
             "registration request",
         )?)
         .map_err(|_| ProtocolError::Malformed("registration request"))?;
-        let response =
-            ServerRegistration::<Suite>::start(&self.setup, request, user.as_str().as_bytes())
-                .map_err(|_| ProtocolError::Malformed("registration request"))?;
-        Ok(response.message.serialize().to_vec())
+        let nonce = new_nonce(rng, &self.nonce_key, user, generation);
+        let response = ServerRegistration::<Suite>::start(
+            &self.setup,
+            request,
+            &credential_identifier(user, &nonce),
+        )
+        .map_err(|_| ProtocolError::Malformed("registration request"))?;
+        Ok(RegisterStarted {
+            response: response.message.serialize().to_vec(),
+            nonce,
+        })
     }
 
-    /// `RegisterFinish`: opens the app's HPKE-sealed payload and returns the
-    /// record to seal and store (the OPAQUE password file and `enc_K`).
+    /// `RegisterFinish`: opens the app's HPKE-sealed payload, parses it
+    /// strictly, checks that its nonce was issued for this user at the
+    /// generation it names, and returns the record to seal with the
+    /// payload's generation and budget.
     pub fn register_finish(
         &self,
         user: &UserId,
         sealed: &[u8],
-    ) -> Result<StoredRecord, ProtocolError> {
-        let sealed = bounded(sealed, MAX_SEALED_PAYLOAD, "sealed registration")?;
-        if sealed.len() < HPKE_PUBLIC_KEY_LEN {
-            return Err(ProtocolError::Malformed("sealed registration"));
-        }
+    ) -> Result<OpenedRegistration, ProtocolError> {
+        let sealed = exactly(sealed, SEALED_REGISTRATION_LEN, "sealed registration")?;
         let (encapped, ct) = sealed.split_at(HPKE_PUBLIC_KEY_LEN);
         let encapped = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(encapped)
             .map_err(|_| ProtocolError::Malformed("sealed registration"))?;
@@ -119,21 +189,26 @@ impl FleetSecrets {
             .map_err(|_| ProtocolError::Unauthentic("sealed registration"))?,
         );
         let payload = RegisterPayload::decode(&plain)?;
-        let upload = RegistrationUpload::<Suite>::deserialize(bounded(
-            &payload.upload,
-            MAX_OPAQUE_MESSAGE,
-            "registration upload",
-        )?)
-        .map_err(|_| ProtocolError::Malformed("registration upload"))?;
+        if !nonce_is_valid(&self.nonce_key, user, payload.generation, &payload.nonce) {
+            return Err(ProtocolError::Unauthentic("registration nonce"));
+        }
+        let upload = RegistrationUpload::<Suite>::deserialize(&payload.upload)
+            .map_err(|_| ProtocolError::Malformed("registration upload"))?;
         let password_file = ServerRegistration::<Suite>::finish(upload);
-        Ok(StoredRecord {
-            password_file: password_file.serialize().to_vec(),
-            enc_k: payload.enc_k.clone(),
+        Ok(OpenedRegistration {
+            record: StoredRecord {
+                password_file: password_file.serialize().to_vec(),
+                enc_k: payload.enc_k.clone(),
+                nonce: payload.nonce,
+            },
+            expected_generation: payload.generation,
+            max_attempts: payload.max_attempts,
         })
     }
 
-    /// `RecoverStart`, after `BeginAttempt` is committed: KE2 and the login
-    /// state to keep for `RecoverFinish`.
+    /// `RecoverStart`, after `BeginAttempt` is committed: KE2 (under the
+    /// record's own OPRF key) and the login state to keep for
+    /// `RecoverFinish`.
     pub fn login_start(
         &self,
         rng: &mut (impl CryptoRng + RngCore),
@@ -141,7 +216,7 @@ impl FleetSecrets {
         record: &StoredRecord,
         ke1: &[u8],
     ) -> Result<(Vec<u8>, ServerLoginState), ProtocolError> {
-        let ke1 = CredentialRequest::<Suite>::deserialize(bounded(ke1, MAX_OPAQUE_MESSAGE, "KE1")?)
+        let ke1 = CredentialRequest::<Suite>::deserialize(exactly(ke1, KE1_LEN, "KE1")?)
             .map_err(|_| ProtocolError::Malformed("KE1"))?;
         let password_file = ServerRegistration::<Suite>::deserialize(&record.password_file)
             .map_err(|_| ProtocolError::Malformed("stored record"))?;
@@ -154,7 +229,7 @@ impl FleetSecrets {
             &self.setup,
             Some(password_file),
             ke1,
-            user.as_str().as_bytes(),
+            &credential_identifier(user, &record.nonce),
             params,
         )
         .map_err(|_| ProtocolError::Malformed("KE1"))?;
@@ -183,25 +258,27 @@ impl std::fmt::Debug for ServerLoginState {
 }
 
 impl ServerLoginState {
-    /// Checks KE3. On success returns the answer to send: `enc_K` sealed
-    /// under the session key.
+    /// Checks KE3 (64 bytes; see [`check_ke3`]). On success returns the
+    /// answer to send: `enc_K` sealed under the session key, which is
+    /// zeroized here.
     pub fn finish(
         self,
         rng: &mut (impl CryptoRng + RngCore),
         ke3: &[u8],
         enc_k: &[u8],
     ) -> Result<Vec<u8>, ProtocolError> {
-        let ke3 =
-            CredentialFinalization::<Suite>::deserialize(bounded(ke3, MAX_OPAQUE_MESSAGE, "KE3")?)
-                .map_err(|_| ProtocolError::Malformed("KE3"))?;
+        let ke3 = CredentialFinalization::<Suite>::deserialize(exactly(ke3, KE3_LEN, "KE3")?)
+            .map_err(|_| ProtocolError::Malformed("KE3"))?;
         let params = ServerLoginParameters {
             context: Some(CONTEXT),
             identifiers: identifiers(&self.user, &self.fleet),
         };
-        let done = self
+        let mut done = self
             .state
             .finish(ke3, params)
             .map_err(|_| ProtocolError::WrongPassword)?;
-        Ok(seal_answer(rng, &done.session_key, &self.user, enc_k))
+        let answer = seal_answer(rng, &done.session_key, &self.user, enc_k);
+        done.session_key.as_mut_slice().zeroize();
+        Ok(answer)
     }
 }

@@ -1,7 +1,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 
-use super::client::{Login, Registration, argon2id};
+use super::client::{Login, RegisterStartAnswer, Registration, RegistrationOutput, argon2id};
 use super::*;
 use crate::suite;
 use vault_types::{FleetId, Generation, UserId};
@@ -21,27 +21,54 @@ struct Registered {
     k: [u8; 32],
 }
 
-fn register(f: &FleetSecrets, rng: &mut ChaCha20Rng, who: &UserId, password: &[u8]) -> Registered {
+/// The app's half of a registration at `generation` with `max` attempts,
+/// answering `RegisterStart` with `started` (the nonce may be swapped by
+/// the caller).
+fn app_finish(
+    f: &FleetSecrets,
+    rng: &mut ChaCha20Rng,
+    who: &UserId,
+    password: &[u8],
+    nonce: &[u8],
+    generation: Generation,
+) -> RegistrationOutput {
     let ksf = argon2id(64, 1, 1).unwrap();
-    let k = [9u8; 32];
     let (reg, request) = Registration::start(rng, password).unwrap();
-    let response = f.register_start(who, &request).unwrap();
-    let out = reg
-        .finish(
-            rng,
-            password,
-            &response,
-            who,
-            f.fleet(),
-            f.hpke_public_key(),
-            &ksf,
-            &k,
-        )
-        .unwrap();
+    let started = f.register_start(rng, who, generation, &request).unwrap();
+    let nonce = if nonce.is_empty() {
+        &started.nonce[..]
+    } else {
+        nonce
+    };
+    reg.finish(
+        rng,
+        password,
+        &RegisterStartAnswer {
+            response: &started.response,
+            nonce,
+            generation,
+        },
+        who,
+        f.fleet(),
+        f.hpke_public_key(),
+        &ksf,
+        7,
+        &[9; 32],
+    )
+    .unwrap()
+}
+
+fn register(f: &FleetSecrets, rng: &mut ChaCha20Rng, who: &UserId, password: &[u8]) -> Registered {
+    let out = app_finish(f, rng, who, password, &[], Generation(0));
     assert_eq!(out.server_public_key, f.opaque_public_key());
-    let record = f.register_finish(who, &out.sealed).unwrap();
-    assert_eq!(record.enc_k, *out.enc_k);
-    Registered { record, k }
+    let opened = f.register_finish(who, &out.sealed).unwrap();
+    assert_eq!(opened.record.enc_k, *out.enc_k);
+    assert_eq!(opened.expected_generation, Generation(0));
+    assert_eq!(opened.max_attempts, 7);
+    Registered {
+        record: opened.record,
+        k: [9; 32],
+    }
 }
 
 #[test]
@@ -103,22 +130,7 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
     let f = fleet();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let carol = user("carol");
-    let ksf = argon2id(64, 1, 1).unwrap();
-    let (reg, request) = Registration::start(&mut rng, b"pw").unwrap();
-    let response = f.register_start(&carol, &request).unwrap();
-    let sealed = reg
-        .finish(
-            &mut rng,
-            b"pw",
-            &response,
-            &carol,
-            f.fleet(),
-            f.hpke_public_key(),
-            &ksf,
-            &[1; 32],
-        )
-        .unwrap()
-        .sealed;
+    let sealed = app_finish(&f, &mut rng, &carol, b"pw", &[], Generation(0)).sealed;
     assert_eq!(
         f.register_finish(&user("dave"), &sealed).err(),
         Some(ProtocolError::Unauthentic("sealed registration"))
@@ -146,7 +158,7 @@ fn malformed_and_oversized_inputs_are_refused() {
     for bad in [&[][..], &[0u8; 5][..], &[0xffu8; 96][..], &[1u8; 4096][..]] {
         assert!(
             matches!(
-                f.register_start(&eve, bad),
+                f.register_start(&mut rng, &eve, Generation(0), bad),
                 Err(ProtocolError::Malformed(_))
             ),
             "{}",
@@ -160,6 +172,75 @@ fn malformed_and_oversized_inputs_are_refused() {
     }
     assert!(StoredRecord::decode(&[2, 0]).is_err());
     assert!(StoredRecord::decode(&[]).is_err());
+    // KE1 and KE3 have one length each.
+    assert!(check_ke1(&[0u8; 95]).is_err());
+    assert!(check_ke3(&[0u8; 63]).is_err() && check_ke3(&[0u8; 65]).is_err());
+    assert!(check_ke3(&[0u8; 64]).is_ok());
+}
+
+#[test]
+fn register_start_evaluates_under_a_key_no_record_has() {
+    // Protocol v1's oracle: RegisterStart and a login evaluated the same
+    // blinded element under the same OPRF key (credential identifier =
+    // user id). Now each registration has its own.
+    let f = fleet();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let alice = user("alice");
+    let reg = register(&f, &mut rng, &alice, b"pw");
+    let (_, blinded) = Registration::start(&mut rng, b"guess").unwrap();
+    let (_, mut ke1) = Login::start(&mut rng, b"anything").unwrap();
+    ke1[..32].copy_from_slice(&blinded);
+    let (ke2, _) = f.login_start(&mut rng, &alice, &reg.record, &ke1).unwrap();
+    let mut evaluations = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let r = f
+            .register_start(&mut rng, &alice, Generation(1), &blinded)
+            .unwrap();
+        assert_ne!(r.response[..32], ke2[..32], "the live record's evaluation");
+        evaluations.insert(r.response[..32].to_vec());
+    }
+    assert_eq!(evaluations.len(), 10, "every RegisterStart has a fresh key");
+}
+
+#[test]
+fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
+    let f = fleet();
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (_, request) = Registration::start(&mut rng, b"pw").unwrap();
+    let issued = f
+        .register_start(&mut rng, &alice, Generation(3), &request)
+        .unwrap()
+        .nonce;
+    // As issued: opens.
+    let ok = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(3));
+    assert_eq!(
+        f.register_finish(&alice, &ok.sealed)
+            .unwrap()
+            .expected_generation,
+        Generation(3)
+    );
+    // At another generation, for another user, or with a forged tag: no.
+    let later = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(4));
+    let other = app_finish(&f, &mut rng, &bob, b"pw", &issued, Generation(3));
+    let mut forged = issued;
+    forged[31] ^= 1;
+    let forged = app_finish(&f, &mut rng, &alice, b"pw", &forged, Generation(3));
+    for (who, out) in [(&alice, later), (&bob, other), (&alice, forged)] {
+        assert_eq!(
+            f.register_finish(who, &out.sealed).err(),
+            Some(ProtocolError::Unauthentic("registration nonce"))
+        );
+    }
+    // Another fleet's nonces are not this fleet's.
+    let other_fleet = FleetSecrets::new(
+        f.fleet().clone(),
+        &suite::new_server_setup([3; 32]),
+        &new_hpke_key([2; 32]),
+    )
+    .unwrap();
+    let theirs = app_finish(&other_fleet, &mut rng, &alice, b"pw", &[], Generation(0));
+    assert!(f.register_finish(&alice, &theirs.sealed).is_err());
 }
 
 #[test]

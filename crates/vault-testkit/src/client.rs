@@ -13,8 +13,8 @@ use vault_fleet::identity::node_dns_name;
 use vault_proto::v1::peer_client::PeerClient;
 use vault_proto::v1::{ForwardRequest, RaftMessage};
 use vault_types::{
-    Command, Proposal, Reply, RequestDigest, RequestId, RequestMeta, SealedBytes, Timestamp,
-    UserId, codec,
+    Command, Generation, Proposal, Reply, RequestDigest, RequestId, RequestMeta, SealedBytes,
+    Timestamp, UserId, codec,
 };
 
 use crate::TestFleet;
@@ -138,7 +138,7 @@ impl Driver {
             request_id(b'r', i),
             Command::Register {
                 user: user(i),
-                generation: None,
+                expected_generation: Generation(0),
                 sealed_record: SealedBytes(vec![i as u8; 48]),
                 max_attempts: 5,
             },

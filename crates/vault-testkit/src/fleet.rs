@@ -460,6 +460,15 @@ impl TestFleet {
         id: u64,
     ) -> anyhow::Result<vault_proto::v1::frontend_client::FrontendClient<tonic::transport::Channel>>
     {
+        Ok(vault_proto::v1::frontend_client::FrontendClient::new(
+            self.frontend_channel(id).await?,
+        ))
+    }
+
+    /// A channel to node `id`'s frontend address with the `test` frontend
+    /// certificate, connected now (for calls the generated client cannot
+    /// make, such as undecodable bytes).
+    pub async fn frontend_channel(&self, id: u64) -> anyhow::Result<tonic::transport::Channel> {
         let pki = self.dir.path().join("pki");
         let tls = crate::client::tls(
             &self.fleet.tls.fleet_ca,
@@ -474,9 +483,7 @@ impl TestFleet {
             .node(id)
             .map_err(anyhow::Error::msg)?
             .frontend_addr;
-        Ok(vault_proto::v1::frontend_client::FrontendClient::new(
-            crate::client::connect(addr, Some(tls)).await?,
-        ))
+        crate::client::connect(addr, Some(tls)).await
     }
 
     /// Every file under node `id`'s data directory, concatenated with its

@@ -25,6 +25,9 @@ pub struct FleetSpec {
     /// interval as the AppendEntries deadline, so a follower farther than
     /// that from the leader never catches up on LAN timers.
     pub wan_timers: bool,
+    /// Lines of the fleet file's `[limits]` table (`key = value`), e.g.
+    /// `max_sessions = 3`; empty: the defaults.
+    pub limits: Vec<String>,
 }
 
 /// The loopback address node `id`'s peer connections come from in a
@@ -43,6 +46,7 @@ impl FleetSpec {
             keep_logs_after_snapshot: 1_000,
             proxied: false,
             wan_timers: false,
+            limits: Vec::new(),
         }
     }
 }

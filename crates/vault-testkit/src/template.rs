@@ -74,6 +74,9 @@ impl Template {
              operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"\n",
             timers.0, timers.1, timers.2, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
         );
+        if !spec.limits.is_empty() {
+            let _ = write!(t, "\n[limits]\n{}\n", spec.limits.join("\n"));
+        }
         for n in 1..=spec.nodes {
             let i = (n - 1) as usize * PORTS_PER_NODE;
             let _ = write!(

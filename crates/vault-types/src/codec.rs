@@ -205,7 +205,7 @@ mod tests {
             at: Timestamp(1_700_000_000_000),
             command: Command::Register {
                 user: UserId::new("alice").expect("id"),
-                generation: None,
+                expected_generation: Generation(0),
                 sealed_record: SealedBytes(vec![1, 2, 3]),
                 max_attempts: 10,
             },

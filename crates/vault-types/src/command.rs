@@ -31,18 +31,23 @@ pub enum Command {
         max_attempts_cap: u32,
     },
     /// Registers (or re-registers) a user: a new generation with a full
-    /// attempt budget.
+    /// attempt budget, if and only if the user's generation is still
+    /// `expected_generation` (compare-and-set).
     Register {
         /// The user.
         user: UserId,
-        /// The generation the record was sealed for (its AAD binds it); the
-        /// command is refused unless it is the user's next generation, so a
-        /// racing registration cannot store a blob under the wrong one.
-        /// `None` skips the check (for tools and tests that seal nothing).
-        generation: Option<Generation>,
-        /// The OPAQUE record and `enc_K`, sealed by the proposing node.
+        /// The user's generation the app saw in `RegisterStart` and sealed
+        /// into its payload (0 for a user never seen); the record gets
+        /// `expected_generation + 1`. Refused unless it is still the
+        /// current one, so a replayed registration (any request id) can
+        /// never undo a lockout, a delete or a password change, and two
+        /// racing registrations cannot both win.
+        expected_generation: Generation,
+        /// The OPAQUE record, `enc_K` and the registration nonce, sealed by
+        /// the proposing node for generation `expected_generation + 1`.
         sealed_record: SealedBytes,
-        /// Wrong guesses allowed before the record is erased.
+        /// Wrong guesses allowed before the record is erased (the app's
+        /// choice, from its sealed payload).
         max_attempts: u32,
     },
     /// Consumes one attempt and hands out the sealed record, so that the

@@ -98,6 +98,11 @@ pub enum CommandError {
         /// The one offered.
         given: u64,
     },
+    /// A replayed `BeginAttempt` whose attempt was granted, after which the
+    /// record locked (a later attempt found the budget spent): the attempt
+    /// of this request was consumed, and there is nothing left to grant.
+    #[error("the record is locked (this request's attempt was granted before it locked)")]
+    LockedAfterGrant,
     /// A `Preload` of 0 or more than `max` users.
     #[error("a preload entry adds 1 to {max} users, not {count}")]
     PreloadCount {

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use vault_proto::convert::tree_head_to_pb;
 use vault_proto::v1::witness_server::{Witness, WitnessServer};
@@ -163,7 +162,8 @@ impl Witness for WitnessService {
 
 /// Serves `service` on `addr` until `shutdown` resolves. TLS presents the
 /// witness's certificate; a client certificate is optional (reads are
-/// public) and, when present, must come from `operator_ca`.
+/// public) and, when present, must come from `operator_ca`. Connections
+/// are capped and handshakes have a deadline (`vault_fleet::serve`).
 pub async fn serve(
     service: WitnessService,
     addr: SocketAddr,
@@ -171,24 +171,19 @@ pub async fn serve(
     operator_ca: &std::path::Path,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let config = ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            read(&tls.cert)?,
-            read(&tls.key)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read(operator_ca)?))
-        .client_auth_optional(true);
-    // tonic's serve_with_incoming ignores the builder's nodelay.
-    let incoming = TcpIncoming::bind(addr)
-        .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?
-        .with_nodelay(Some(true));
+    use vault_fleet::serve::{ConnLimits, incoming};
+    use vault_fleet::tls::{ClientAuth, rustls_server_config};
+    let config = rustls_server_config(tls, operator_ca, ClientAuth::Optional)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
+    // The nodes' defaults: 1024 connections, 5 s to finish a handshake.
+    let limits = ConnLimits::from(&vault_fleet::config::Limits::default());
     Server::builder()
-        .tls_config(config)?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(WitnessServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, config, limits), shutdown)
         .await?;
     Ok(())
 }

@@ -40,9 +40,15 @@ pub fn workload(i: u64) -> Proposal {
     }
     let user = UserId::new(format!("user-{}", i % 20)).expect("user id");
     let command = match i % 5 {
+        // The k-th registration of user u (i % 20 == u; i = 1 is InitFleet,
+        // so user 0 and 1 first register at 20 and 21) expects generation k.
         0 | 1 => Command::Register {
             user,
-            generation: None,
+            expected_generation: Generation({
+                let u = i % 20;
+                let first = if u < 2 { u + 20 } else { u };
+                (i - first) / 20
+            }),
             sealed_record: SealedBytes(vec![(i % 251) as u8; 64]),
             max_attempts: 3,
         },

@@ -286,7 +286,7 @@ async fn run_seed(seed: u64) -> Result<(), String> {
                 "register",
                 Command::Register {
                     user: uid(user),
-                    generation: None,
+                    expected_generation: Generation(*generation.get(&user).unwrap_or(&0)),
                     sealed_record: SealedBytes(vec![user as u8; 24]),
                     max_attempts: MAX_ATTEMPTS,
                 },

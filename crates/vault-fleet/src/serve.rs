@@ -1,0 +1,169 @@
+//! Accepting TLS connections for a gRPC server, with limits tonic's own TLS
+//! acceptor does not have: a cap on open connections per port (a
+//! connection past it is closed at once), a deadline on the TLS handshake
+//! (a TCP connection that never starts TLS, or stalls in it, is closed
+//! then), and TCP keepalive on every accepted socket (a peer that vanished
+//! is noticed). Handshakes run concurrently, so a slow one holds up
+//! nobody else.
+//!
+//! The stream this yields goes to tonic's `serve_with_incoming*`, whose
+//! handlers still see the caller's verified certificate chain
+//! (`Request::peer_certs`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+
+use crate::config::Limits;
+
+/// How long an idle TCP connection waits before the first keepalive probe,
+/// and between probes.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+
+/// The limits of one listening port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections (in handshake or established) at most.
+    pub max_connections: usize,
+    /// A handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl From<&Limits> for ConnLimits {
+    fn from(l: &Limits) -> ConnLimits {
+        ConnLimits {
+            max_connections: l.max_connections,
+            handshake_timeout: l.handshake_timeout,
+        }
+    }
+}
+
+/// An established TLS connection; it holds one of the port's places until
+/// it is dropped.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+fn prepare(stream: &TcpStream) -> io::Result<()> {
+    // Nagle would delay every handshake flight by ~40 ms.
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE.0)
+        .with_interval(KEEPALIVE.1);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// The TLS connections accepted on `listener`, within `limits`, for
+/// tonic's `serve_with_incoming*`. The accept loop ends when the stream is
+/// dropped (the server stopped).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
+) -> ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                // Over the cap: closed at once, before any TLS work.
+                tracing::debug!("connection refused: the port is at its connection cap");
+                drop(stream);
+                continue;
+            };
+            if let Err(e) = prepare(&stream) {
+                tracing::debug!(error = %e, "socket options");
+            }
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(inner)) => {
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                inner,
+                                _place: place,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
