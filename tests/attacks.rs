@@ -88,6 +88,14 @@ fn main() -> ExitCode {
             a_captured_registration_nonce_cannot_be_registered_again,
         ),
         (
+            "an_evaluation_swapped_at_registration_gives_no_offline_test",
+            an_evaluation_swapped_at_registration_gives_no_offline_test,
+        ),
+        (
+            "a_withheld_registration_does_not_undo_a_later_lockout_or_delete",
+            a_withheld_registration_does_not_undo_a_later_lockout_or_delete,
+        ),
+        (
             "idle_connections_are_closed_and_capped",
             idle_connections_are_closed_and_capped,
         ),
@@ -591,6 +599,180 @@ fn max_attempts_tampered_in_transit_is_not_what_the_fleet_stores(
     })
 }
 
+/// The OPAQUE `RegistrationResponse` a frontend makes for blinded element
+/// `blinded` under an OPRF key of its own (its own server setup), with the
+/// fleet's public key in place of its own: what it relays instead of the
+/// fleet's answer.
+fn forged_response(blinded: &[u8], fleet_pk: &[u8]) -> Vec<u8> {
+    use opaque_ke::{RegistrationRequest, ServerRegistration, ServerSetup};
+    type Suite = vault_protocol::suite::Suite;
+    let setup =
+        ServerSetup::<Suite>::deserialize(&vault_protocol::suite::new_server_setup([0xaa; 32]))
+            .expect("the frontend's own setup");
+    let request = RegistrationRequest::<Suite>::deserialize(blinded).expect("request");
+    let evaluated = ServerRegistration::<Suite>::start(&setup, request, b"frontend")
+        .expect("evaluate")
+        .message
+        .serialize();
+    let mut forged = evaluated[..32].to_vec();
+    forged.extend_from_slice(fleet_pk);
+    forged
+}
+
+/// Measure: password guesses testable ≤ attempts committed. A relaying
+/// frontend answers the app's registration request with an OPRF evaluation
+/// under a key of its own (keeping the fleet's public key, which is all the
+/// app can check). If the fleet stored the record made from it, one KE2
+/// (one committed attempt) would let the frontend test every password
+/// offline: it can evaluate any guess itself, and KE2's masked response
+/// depends on the record alone.
+fn an_evaluation_swapped_at_registration_gives_no_offline_test(template: &Template) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let alice = user("alice");
+            let password: &[u8] = b"hunter2 is right";
+            // The app's registration, relayed with a forged evaluation.
+            let (state, request) = Registration::start(&mut OsRng, password)?;
+            let mut start = c
+                .register_start(RegisterStartRequest {
+                    user_id: alice.as_str().into(),
+                    registration_request: request.clone(),
+                })
+                .await?
+                .into_inner();
+            let keys = start.fleet.clone().context("fleet keys")?;
+            start.registration_response = forged_response(&request, &keys.opaque_public_key);
+            let out = state.finish(
+                &mut OsRng,
+                password,
+                &answer(&start),
+                &alice,
+                &app.fleet,
+                &keys.hpke_public_key,
+                &app.ksf,
+                5,
+                &[7; 32],
+            )?;
+            let registered = c
+                .register_finish(RegisterFinishRequest {
+                    user_id: alice.as_str().into(),
+                    sealed_registration: out.sealed.clone(),
+                    request_id: new_id(),
+                    ..Default::default()
+                })
+                .await;
+            if registered.is_err() {
+                // Refused: nothing stored, nothing to attack.
+                let s = status(&mut c, &alice).await?;
+                ensure!(s.state == State::Unknown as i32, "{s:?}");
+                return Ok(());
+            }
+            // One KE2, one committed attempt.
+            let (_, ke1) = Login::start(&mut OsRng, b"anything")?;
+            let ke2 = recover_start(&mut c, &alice, &ke1, &new_id()).await?.ke2;
+            let dictionary: [&[u8]; 5] = [b"123456", b"letmein", b"hunter2 is right", b"qwerty", b"dragon"];
+            let mut confirmed = Vec::new();
+            for guess in dictionary {
+                let (state, request) = Registration::start(&mut OsRng, guess)?;
+                let forged = forged_response(&request, &keys.opaque_public_key);
+                let out = state.finish(
+                    &mut OsRng,
+                    guess,
+                    &RegisterStartAnswer {
+                        response: &forged,
+                        nonce: &[0; 32],
+                        generation: Generation(0),
+                    },
+                    &alice,
+                    &app.fleet,
+                    &keys.hpke_public_key,
+                    &app.ksf,
+                    5,
+                    &[0; 32],
+                )?;
+                if guess_unmasks(&out.upload, &ke2, &keys.opaque_public_key) {
+                    confirmed.push(String::from_utf8_lossy(guess).into_owned());
+                }
+            }
+            ensure!(
+                confirmed.is_empty(),
+                "the fleet stored a record built on the frontend's evaluation; with 1 attempt committed, {} words tested offline, confirmed {confirmed:?}",
+                dictionary.len()
+            );
+            Ok(())
+        })
+    })
+}
+
+/// Measure: no state change without the right credential. The app changes
+/// Alice's password; the frontend withholds the sealed registration, locks
+/// Alice out (or deletes her), and then sends it: the lockout or delete
+/// must stand.
+fn a_withheld_registration_does_not_undo_a_later_lockout_or_delete(
+    template: &Template,
+) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let mut failures = Vec::new();
+            for (who, end) in [("alice", "lockout"), ("bob", "delete")] {
+                let who = user(who);
+                app.register(&mut c, &who, b"old password", 2).await?;
+                // The password change, sealed but withheld.
+                let (state, request) = Registration::start(&mut OsRng, b"new password")?;
+                let start = c
+                    .register_start(RegisterStartRequest {
+                        user_id: who.as_str().into(),
+                        registration_request: request,
+                    })
+                    .await?
+                    .into_inner();
+                let keys = start.fleet.clone().context("fleet keys")?;
+                let withheld = state.finish(
+                    &mut OsRng,
+                    b"new password",
+                    &answer(&start),
+                    &who,
+                    &app.fleet,
+                    &keys.hpke_public_key,
+                    &app.ksf,
+                    2,
+                    &[7; 32],
+                )?;
+                if end == "lockout" {
+                    lock_out(&app, &mut c, &who, 2).await?;
+                } else {
+                    c.delete(DeleteRequest {
+                        user_id: who.as_str().into(),
+                        request_id: new_id(),
+                    })
+                    .await?;
+                }
+                let before = status(&mut c, &who).await?;
+                let late = c
+                    .register_finish(RegisterFinishRequest {
+                        user_id: who.as_str().into(),
+                        sealed_registration: withheld.sealed,
+                        request_id: new_id(),
+                        ..Default::default()
+                    })
+                    .await;
+                let after = status(&mut c, &who).await?;
+                if late.is_ok() || after.state != before.state {
+                    failures.push(format!(
+                        "after a {end}, the withheld registration applied: {before:?} -> {after:?}"
+                    ));
+                }
+            }
+            ensure!(failures.is_empty(), "{}", failures.join("; "));
+            Ok(())
+        })
+    })
+}
+
 /// Measure: password guesses testable ≤ attempts committed. A frontend
 /// that relayed a victim's registration keeps its nonce `n`, and later
 /// re-registers the victim with a password of its own under that same `n`:
@@ -1041,11 +1223,18 @@ fn a_wrong_length_ke3_is_refused_and_leaves_the_session_intact(template: &Templa
     })
 }
 
-/// A sealed-registration plaintext in protocol v2's framing
-/// (`0x02 ‖ upload ‖ enc_K ‖ n ‖ u64be g ‖ u32be max`), with any field
-/// bytes and `trailing` bytes after it.
+/// The request and response a sealed registration carries back.
+struct Exchanged<'a> {
+    request: &'a [u8],
+    response: &'a [u8],
+}
+
+/// A sealed-registration plaintext in protocol v2's framing (`0x02 ‖
+/// request ‖ response ‖ upload ‖ enc_K ‖ n ‖ u64be g ‖ u32be max`), with
+/// any field bytes and `trailing` bytes after it.
 fn v2_payload(
     version: u8,
+    x: &Exchanged<'_>,
     upload: &[u8],
     enc_k: &[u8],
     nonce: &[u8],
@@ -1053,6 +1242,8 @@ fn v2_payload(
     trailing: &[u8],
 ) -> Vec<u8> {
     let mut p = vec![version];
+    p.extend_from_slice(x.request);
+    p.extend_from_slice(x.response);
     p.extend_from_slice(upload);
     p.extend_from_slice(enc_k);
     p.extend_from_slice(nonce);
@@ -1121,6 +1312,7 @@ fn malformed_sealed_registrations_are_refused_and_store_nothing(template: &Templ
                 let who = user(&format!("victim-{i}"));
                 // A real upload for this user, cut or padded to the size.
                 let (state, request) = Registration::start(&mut OsRng, b"pw")?;
+                let request_sent = request.clone();
                 let start = c
                     .register_start(RegisterStartRequest {
                         user_id: who.as_str().into(),
@@ -1146,14 +1338,18 @@ fn malformed_sealed_registrations_are_refused_and_store_nothing(template: &Templ
                     &start.registration_nonce[..],
                 );
                 let g = start.generation;
+                let x = Exchanged {
+                    request: &request_sent,
+                    response: &start.registration_response,
+                };
                 let plain = match i {
-                    0 => v2_payload(2, up, &[], n, g, &[]),
-                    1 => v2_payload(2, up, &ek[..59], n, g, &[]),
-                    2 => v2_payload(2, up, &[0; 1000], n, g, &[]),
-                    3 => v2_payload(2, &[up, &[0][..]].concat(), ek, n, g, &[]),
-                    4 => v2_payload(2, up, ek, n, g, &[0, 0, 0]),
+                    0 => v2_payload(2, &x, up, &[], n, g, &[]),
+                    1 => v2_payload(2, &x, up, &ek[..59], n, g, &[]),
+                    2 => v2_payload(2, &x, up, &[0; 1000], n, g, &[]),
+                    3 => v2_payload(2, &x, &[up, &[0][..]].concat(), ek, n, g, &[]),
+                    4 => v2_payload(2, &x, up, ek, n, g, &[0, 0, 0]),
                     5 => v1_payload(up, ek),
-                    _ => v2_payload(3, up, ek, n, g, &[]),
+                    _ => v2_payload(3, &x, up, ek, n, g, &[]),
                 };
                 let sealed = seal_to_fleet(&keys.hpke_public_key, &app.fleet, &who, &plain);
                 let r = c
@@ -1203,13 +1399,14 @@ fn closed_within(mut stream: std::net::TcpStream, within: Duration) -> Option<Du
 }
 
 /// Measure: a frontend's connections cannot hold a node. A TCP connection
-/// that never starts TLS is closed within the handshake timeout; past the
-/// connection cap, a new connection is closed at once; and the node serves
-/// real calls meanwhile and afterwards.
+/// that never starts TLS is closed within the handshake timeout; silent
+/// connections past the handshake cap (a quarter of the places) are closed
+/// at once; past the connection cap, a new connection is closed at once;
+/// and the node serves real calls once the holders let go.
 fn idle_connections_are_closed_and_capped(template: &Template) -> TestResult {
     on_fleet_with(
         template,
-        &["handshake_timeout_ms = 1500", "max_connections = 4"],
+        &["handshake_timeout_ms = 1500", "max_connections = 8"],
         |fleet, rt| {
             let addr = fleet
                 .fleet()
@@ -1224,17 +1421,36 @@ fn idle_connections_are_closed_and_capped(template: &Template) -> TestResult {
                 took.is_some_and(|t| t >= Duration::from_millis(1000)),
                 "a connection that never started TLS: closed after {took:?} (timeout 1.5 s)"
             );
-            // Four silent connections fill the cap; a fifth is closed at once.
-            let held: Vec<_> = (0..4).map(|_| connect()).collect::<Result<_, _>>()?;
+            // Two silent connections fill the handshake cap (8 / 4); a
+            // third is closed at once.
+            let shaking: Vec<_> = (0..2).map(|_| connect()).collect::<Result<_, _>>()?;
             std::thread::sleep(Duration::from_millis(200));
-            let fifth = closed_within(connect()?, Duration::from_millis(900));
+            let third = closed_within(connect()?, Duration::from_millis(900));
             ensure!(
-                fifth.is_some(),
-                "a fifth connection past a cap of 4 stayed open"
+                third.is_some(),
+                "a third silent connection stayed open (cap 2)"
             );
-            drop(held);
-            // The node serves again once they are gone (the cap frees).
+            drop(shaking);
+            // (The node notices the closed handshakes on its next read.)
+            std::thread::sleep(Duration::from_millis(300));
+            // Eight established TLS connections fill the port; a ninth
+            // connection is closed at once.
             rt.block_on(async {
+                let mut held = Vec::new();
+                for _ in 0..8 {
+                    held.push(fleet.frontend_channel(1).await?);
+                }
+                let ninth = tokio::task::spawn_blocking(move || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                        .map(|s| closed_within(s, Duration::from_millis(900)))
+                })
+                .await??;
+                ensure!(
+                    ninth.is_some(),
+                    "a ninth connection past a cap of 8 stayed open"
+                );
+                drop(held);
+                // The node serves again once they are gone.
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
                 loop {
                     let ok = async {

@@ -134,12 +134,14 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
         ensure!(upload.len() == 192 && enc_k.len() == 60);
         ensure!(reply.registration_nonce.len() == 32);
         let mut payload = vec![2u8];
+        payload.extend(start.message.serialize());
+        payload.extend(&reply.registration_response);
         payload.extend(&upload);
         payload.extend(&enc_k);
         payload.extend(&reply.registration_nonce);
         payload.extend(reply.generation.to_be_bytes());
         payload.extend(4u32.to_be_bytes());
-        ensure!(payload.len() == 297);
+        ensure!(payload.len() == 393);
         type Kem = hpke::kem::X25519HkdfSha256;
         let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&keys.hpke_public_key)
             .map_err(|e| anyhow::anyhow!("fleet HPKE key: {e:?}"))?;

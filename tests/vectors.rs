@@ -491,16 +491,18 @@ fn transcript_v2_vector() {
 
     // The spec's constructions, by hand, on the vector's values.
     let user = v["user_id"].as_str().expect("user");
-    // §3: the payload plaintext is version 2 and five fixed fields.
+    // §3: the payload plaintext is version 2 and seven fixed fields.
     let mut payload = vec![2u8];
+    payload.extend(h(&v, "registration_request"));
+    payload.extend(h(&v, "registration_response"));
     payload.extend(h(&v, "upload"));
     payload.extend(h(&v, "enc_k"));
     payload.extend(h(&v, "registration_nonce"));
     payload.extend(0u64.to_be_bytes());
     payload.extend(5u32.to_be_bytes());
-    assert_eq!(payload.len(), 297);
+    assert_eq!(payload.len(), 393);
     let sealed = h(&v, "sealed_registration");
-    assert_eq!(sealed.len(), 345);
+    assert_eq!(sealed.len(), 441);
     {
         use hpke::{Deserializable, Kem as _};
         type Kem = hpke::kem::X25519HkdfSha256;

@@ -199,8 +199,8 @@ pub enum UserCommand {
         user: String,
         #[command(flatten)]
         password: PasswordInput,
-        /// Wrong guesses allowed before the key is erased (default: the
-        /// fleet's cap).
+        /// Wrong guesses allowed before the key is erased (0: the default,
+        /// 10; at most the fleet's cap).
         #[arg(long, default_value_t = 0)]
         max_attempts: u32,
         /// Write K here (hex, mode 0600) instead of printing it.

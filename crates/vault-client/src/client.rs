@@ -165,6 +165,27 @@ fn from_status(status: tonic::Status) -> ClientError {
     }
 }
 
+/// The budget an app gets when it asks for 0.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+/// The budget to seal: `requested`, or [`DEFAULT_MAX_ATTEMPTS`] for 0.
+///
+/// The cap in `RegisterStart`'s answer is not signed (a relaying frontend
+/// could claim 1), so it never lowers the budget: a budget above the
+/// claimed cap is an error the app sees, and the node checks the real cap.
+fn budget(requested: u32, claimed_cap: u32) -> Result<u32, ClientError> {
+    let budget = match requested {
+        0 => DEFAULT_MAX_ATTEMPTS,
+        n => n,
+    };
+    if budget > claimed_cap {
+        return Err(ClientError::InvalidArgument(format!(
+            "max_attempts {budget} is above the fleet's claimed cap {claimed_cap}; ask for a budget within it"
+        )));
+    }
+    Ok(budget)
+}
+
 /// A client of one fleet.
 pub struct Client {
     endpoints: Vec<Endpoint>,
@@ -364,8 +385,8 @@ impl Client {
     }
 
     /// Registers `user` with `password`: generates a fresh K, registers it
-    /// behind the password with up to `max_attempts` wrong guesses (0: the
-    /// fleet's cap), and returns K. A re-registration replaces the old
+    /// behind the password with up to `max_attempts` wrong guesses (0:
+    /// [`DEFAULT_MAX_ATTEMPTS`]), and returns K. A re-registration replaces the old
     /// record (and its K) with a new generation.
     pub async fn register(
         &self,
@@ -427,16 +448,7 @@ impl Client {
         // Before anything secret is made or sent: the bundle, and that the
         // HPKE key we seal to is the bundle's.
         self.trust.check(self.fleet_id.as_str(), &keys)?;
-        let budget = match max_attempts {
-            0 => keys.max_attempts_cap,
-            n if n > keys.max_attempts_cap => {
-                return Err(ClientError::InvalidArgument(format!(
-                    "max_attempts {n} is above the fleet's cap {}",
-                    keys.max_attempts_cap
-                )));
-            }
-            n => n,
-        };
+        let budget = budget(max_attempts, keys.max_attempts_cap)?;
         let answer = RegisterStartAnswer {
             response: &start.registration_response,
             nonce: &start.registration_nonce,
@@ -565,5 +577,27 @@ impl Client {
         })
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cap_claimed_in_transit_never_lowers_the_apps_budget() {
+        // `FleetKeys.max_attempts_cap` is not signed: a relaying frontend
+        // can claim any cap. The app's default must not follow it down.
+        for claimed in [1, 2, 9] {
+            assert_ne!(
+                budget(0, claimed).ok(),
+                Some(claimed),
+                "the default budget followed a claimed cap of {claimed}"
+            );
+        }
+        assert_eq!(budget(0, 10).unwrap(), DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(budget(0, 100).unwrap(), DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(budget(5, 10).unwrap(), 5);
+        assert!(budget(11, 10).is_err());
     }
 }

@@ -17,6 +17,6 @@ pub mod backup;
 mod client;
 pub mod trust;
 
-pub use client::{Client, ClientError, Endpoint, Ksf, Status};
+pub use client::{Client, ClientError, DEFAULT_MAX_ATTEMPTS, Endpoint, Ksf, Status};
 pub use trust::{PinnedTrust, Trust};
 pub use vault_transparency::{BundleError, Pins};

@@ -52,15 +52,12 @@ fn read_store(path: &Path) -> Result<BTreeMap<String, u64>, ClientError> {
 }
 
 fn write_store(path: &Path, seen: &BTreeMap<String, u64>) -> Result<(), ClientError> {
-    let err = |e: std::io::Error| ClientError::Setup(format!("epoch file {}: {e}", path.display()));
     let text = serde_json::to_string_pretty(seen)
         .map_err(|e| ClientError::Setup(format!("epoch file: {e}")))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    // Exclusive temporary file, exact mode, rename: a planted file or link
+    // at a predictable name neither lends its mode nor gets written through.
+    vault_fleet::pki::write_file(path, text.as_bytes(), 0o600)
+        .map_err(|e| ClientError::Setup(format!("epoch file {}: {e}", path.display())))
 }
 
 impl PinnedTrust {

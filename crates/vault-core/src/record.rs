@@ -23,8 +23,10 @@ pub struct Fleet {
 /// One user's registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
-    /// Grows with every registration; kept across deletion and locking so a
-    /// generation is never reused.
+    /// The version of this user's state: it grows with every registration,
+    /// and a lockout or a delete moves it once more (the tombstone has a
+    /// generation of its own), so a registration sealed over the active
+    /// record can never apply after it was locked or deleted. Never reused.
     pub generation: Generation,
     /// Active with its material, or an erased tombstone.
     pub status: RecordStatus,
@@ -46,8 +48,28 @@ pub enum RecordStatus {
         /// Attempts granted since registration or the last success.
         attempts_used: u32,
     },
-    /// The attempts ran out; the material is erased.
-    Locked,
-    /// Deleted; the material is erased.
-    Deleted,
+    /// The attempts ran out; the material is erased. `of` is the
+    /// generation whose budget ran out (the tombstone's is the next one).
+    Locked {
+        /// The generation that locked.
+        of: Generation,
+    },
+    /// Deleted; the material is erased. `of` is the generation that was
+    /// deleted (the tombstone's is the next one).
+    Deleted {
+        /// The generation that was deleted.
+        of: Generation,
+    },
+}
+
+impl UserRecord {
+    /// Erases the record's material: `tombstone` (locked or deleted) under
+    /// the next generation, so that nothing sealed over the erased one can
+    /// apply again.
+    pub(crate) fn bury(&mut self, tombstone: RecordStatus, at: Timestamp) {
+        self.status = tombstone;
+        // 2^64 generations are out of reach; saturating keeps apply total.
+        self.generation = Generation(self.generation.0.saturating_add(1));
+        self.updated_at = at;
+    }
 }

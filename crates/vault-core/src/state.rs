@@ -175,10 +175,10 @@ impl VaultState {
                     attempts_left: max_attempts.saturating_sub(*attempts_used),
                     max_attempts: *max_attempts,
                 },
-                RecordStatus::Locked => UserStatus::Locked {
+                RecordStatus::Locked { .. } => UserStatus::Locked {
                     generation: r.generation,
                 },
-                RecordStatus::Deleted => UserStatus::Deleted {
+                RecordStatus::Deleted { .. } => UserStatus::Deleted {
                     generation: r.generation,
                 },
             },
@@ -272,10 +272,13 @@ impl VaultState {
             // Its attempt was consumed, then the record locked: say so,
             // so the node can tell the caller the attempt was spent.
             Some(UserRecord {
-                generation: g,
-                status: RecordStatus::Locked,
+                status: RecordStatus::Locked { of },
                 ..
-            }) if g == generation => Err(CommandError::LockedAfterGrant),
+            }) if of == generation => Err(CommandError::LockedAfterGrant),
+            Some(UserRecord {
+                status: RecordStatus::Deleted { of },
+                ..
+            }) if of == generation => Err(CommandError::NotFound),
             Some(r) => Err(CommandError::StaleGeneration {
                 current: r.generation,
                 given: *generation,
@@ -435,17 +438,19 @@ impl VaultState {
             });
         }
         // Compare-and-set on the generation the app sealed into its
-        // payload. Generations never go back, not even after a delete or a
-        // lock (tombstones keep theirs), so a registration captured once
-        // can succeed at most once: any replay names a stale generation.
+        // payload. Generations never go back, and a lockout or a delete
+        // moves them too (the tombstone is a generation of its own), so a
+        // registration sealed over a record applies at most once, and
+        // never after that record locked or was deleted.
         let current = self.users.get(user).map_or(Generation(0), |r| r.generation);
-        if expected != current {
+        let next = current.0.checked_add(1);
+        let (true, Some(next)) = (expected == current, next) else {
             return Err(CommandError::StaleGeneration {
                 current,
                 given: expected,
             });
-        }
-        let generation = Generation(current.0 + 1);
+        };
+        let generation = Generation(next);
         self.insert_active(user, generation, sealed_record, max_attempts, at, changed);
         Ok(Response::Registered { generation })
     }
@@ -504,8 +509,12 @@ impl VaultState {
         };
         if *attempts_used >= *max_attempts {
             // Attempts were granted and never finished: the budget is spent.
-            record.status = RecordStatus::Locked;
-            record.updated_at = at;
+            record.bury(
+                RecordStatus::Locked {
+                    of: record.generation,
+                },
+                at,
+            );
             changed.push(StateKey::User(user.clone()));
             return Err(CommandError::Locked);
         }
@@ -531,9 +540,15 @@ impl VaultState {
     ) -> Result<Response, CommandError> {
         let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
         if record.generation != generation {
-            return Err(CommandError::StaleGeneration {
-                current: record.generation,
-                given: generation,
+            // A session of a generation that has since locked or been
+            // deleted says so rather than "stale".
+            return Err(match record.status {
+                RecordStatus::Locked { of } if of == generation => CommandError::Locked,
+                RecordStatus::Deleted { of } if of == generation => CommandError::NotFound,
+                _ => CommandError::StaleGeneration {
+                    current: record.generation,
+                    given: generation,
+                },
             });
         }
         let RecordStatus::Active {
@@ -556,10 +571,6 @@ impl VaultState {
         } else {
             (max - *attempts_used, false)
         };
-        if locked {
-            // The last attempt failed: erase the material.
-            record.status = RecordStatus::Locked;
-        }
         let reply = Response::AttemptFinished {
             generation,
             success,
@@ -567,6 +578,10 @@ impl VaultState {
             locked,
         };
         record.updated_at = at;
+        if locked {
+            // The last attempt failed: erase the material.
+            record.bury(RecordStatus::Locked { of: generation }, at);
+        }
         changed.push(StateKey::User(user.clone()));
         Ok(reply)
     }
@@ -578,9 +593,13 @@ impl VaultState {
         changed: &mut Vec<StateKey>,
     ) -> Result<Response, CommandError> {
         let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
-        if record.status != RecordStatus::Deleted {
-            record.status = RecordStatus::Deleted;
-            record.updated_at = at;
+        if !matches!(record.status, RecordStatus::Deleted { .. }) {
+            record.bury(
+                RecordStatus::Deleted {
+                    of: record.generation,
+                },
+                at,
+            );
             changed.push(StateKey::User(user.clone()));
         }
         Ok(Response::Deleted)
@@ -682,7 +701,7 @@ impl VaultState {
 /// one never registered; a locked one says so.
 fn tombstone_error(status: &RecordStatus) -> CommandError {
     match status {
-        RecordStatus::Deleted => CommandError::NotFound,
+        RecordStatus::Deleted { .. } => CommandError::NotFound,
         _ => CommandError::Locked,
     }
 }

@@ -198,12 +198,13 @@ fn attempts_count_down_and_an_unfinished_budget_locks() {
     assert_eq!(log.apply(prop(begin("a"))), Err(CommandError::Locked));
     assert_eq!(
         log.state.user(&user("a")).map(|r| &r.status),
-        Some(&RecordStatus::Locked)
+        Some(&RecordStatus::Locked { of: Generation(1) })
     );
+    // The tombstone is a generation of its own.
     assert_eq!(
         log.state.status(&user("a")),
         UserStatus::Locked {
-            generation: Generation(1)
+            generation: Generation(2)
         }
     );
     assert_eq!(log.apply(prop(begin("a"))), Err(CommandError::Locked));
@@ -261,7 +262,7 @@ fn finish_resets_on_success_and_locks_on_the_last_failure() {
     );
     assert_eq!(
         log.state.user(&user("a")).map(|r| &r.status),
-        Some(&RecordStatus::Locked)
+        Some(&RecordStatus::Locked { of: Generation(1) })
     );
     assert_eq!(
         log.apply(prop(finish("a", 1, true))),
@@ -271,12 +272,16 @@ fn finish_resets_on_success_and_locks_on_the_last_failure() {
         log.apply(prop(finish("b", 1, true))),
         Err(CommandError::NotFound)
     );
-    // A locked user may register again, with a new generation (the app
-    // saw the tombstone's generation 1).
+    // A registration sealed over the active generation 1 cannot apply
+    // after the lockout; one over the tombstone's generation 2 can.
+    assert!(matches!(
+        log.apply(prop(reregister("a", 1, 2))),
+        Err(CommandError::StaleGeneration { .. })
+    ));
     assert_eq!(
-        log.ok(prop(reregister("a", 1, 2))),
+        log.ok(prop(reregister("a", 2, 2))),
         Response::Registered {
-            generation: Generation(2)
+            generation: Generation(3)
         }
     );
 }
@@ -302,25 +307,28 @@ fn delete_leaves_a_tombstone_that_keeps_the_generation() {
         log.apply(prop(finish("a", 1, true))),
         Err(CommandError::NotFound)
     );
+    // The tombstone is generation 2, and a second delete changes nothing.
     assert_eq!(
         log.state.status(&user("a")),
         UserStatus::Deleted {
-            generation: Generation(1)
+            generation: Generation(2)
         }
     );
-    // A registration sealed before the delete (it saw generation 0) is
-    // refused: the tombstone keeps generation 1.
+    // Registrations sealed before the delete (over generation 0 or over
+    // the deleted generation 1) are refused.
+    for stale in [0, 1] {
+        assert_eq!(
+            log.apply(prop(reregister("a", stale, 3))),
+            Err(CommandError::StaleGeneration {
+                current: Generation(2),
+                given: Generation(stale)
+            })
+        );
+    }
     assert_eq!(
-        log.apply(prop(register("a", 3))),
-        Err(CommandError::StaleGeneration {
-            current: Generation(1),
-            given: Generation(0)
-        })
-    );
-    assert_eq!(
-        log.ok(prop(reregister("a", 1, 3))),
+        log.ok(prop(reregister("a", 2, 3))),
         Response::Registered {
-            generation: Generation(2)
+            generation: Generation(3)
         }
     );
 }
@@ -434,7 +442,7 @@ fn a_replay_after_erasure_hands_out_no_material() {
         .expect("entry");
     assert!(!dedup.windows(8).any(|w| w == b"sealed-a"));
     // After re-registration the old request is stale, not a grant.
-    log.ok(prop(reregister("a", 1, 1)));
+    log.ok(prop(reregister("a", 2, 1)));
     assert!(matches!(
         log.apply(with_request(begin("a"), 7, 7)),
         Err(CommandError::StaleGeneration { .. })
@@ -655,8 +663,9 @@ fn register_is_a_compare_and_set_on_the_generation() {
             given: Generation(0)
         })
     );
-    // After a lockout, a registration that saw the locked generation wins
-    // and one captured before it does not.
+    // After a lockout, a registration that saw the tombstone's generation
+    // wins; one sealed before it, even over the active generation 1 that
+    // then locked (a password change a frontend withheld), does not.
     log.ok(prop(begin("gen")));
     log.ok(prop(finish("gen", 1, false)));
     log.ok(prop(begin("gen")));
@@ -671,17 +680,19 @@ fn register_is_a_compare_and_set_on_the_generation() {
             locked: true
         })
     );
+    for stale in [0, 1] {
+        assert_eq!(
+            log.apply(prop(seen(stale))),
+            Err(CommandError::StaleGeneration {
+                current: Generation(2),
+                given: Generation(stale)
+            })
+        );
+    }
     assert_eq!(
-        log.apply(prop(seen(0))),
-        Err(CommandError::StaleGeneration {
-            current: Generation(1),
-            given: Generation(0)
-        })
-    );
-    assert_eq!(
-        log.ok(prop(seen(1))),
+        log.ok(prop(seen(2))),
         Response::Registered {
-            generation: Generation(2)
+            generation: Generation(3)
         }
     );
 }

@@ -2,15 +2,19 @@
 //! acceptor does not have: a cap on open connections per port (a
 //! connection past it is closed at once), a deadline on the TLS handshake
 //! (a TCP connection that never starts TLS, or stalls in it, is closed
-//! then), and TCP keepalive on every accepted socket (a peer that vanished
-//! is noticed). Handshakes run concurrently, so a slow one holds up
-//! nobody else.
+//! then), a smaller cap on connections still in their handshake, in all
+//! and per source address (so that half-open connections from one host
+//! cannot take the port's places from authenticated callers), and TCP
+//! keepalive on every accepted socket (a peer that vanished is noticed).
+//! Handshakes run concurrently, so a slow one holds up nobody else.
 //!
 //! The stream this yields goes to tonic's `serve_with_incoming*`, whose
 //! handlers still see the caller's verified certificate chain
 //! (`Request::peer_certs`).
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +34,9 @@ use crate::config::Limits;
 /// and between probes.
 const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
 
+/// Connections one source address may have in their handshake at once.
+pub const HANDSHAKES_PER_ADDRESS: usize = 16;
+
 /// The limits of one listening port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -37,6 +44,57 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// A handshake not done by then is dropped.
     pub handshake_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// Connections in their handshake at once, in all: a quarter of the
+    /// places (at least one), so that established callers keep the rest.
+    pub fn max_handshakes(&self) -> usize {
+        (self.max_connections / 4).max(1)
+    }
+}
+
+/// Handshakes in flight by source address; a place is held by a guard.
+#[derive(Default)]
+struct InHandshake(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+struct HandshakePlace {
+    table: Arc<InHandshake>,
+    ip: IpAddr,
+}
+
+impl InHandshake {
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakePlace> {
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = t.entry(ip).or_default();
+        if *n >= HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakePlace {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl From<&Limits> for ConnLimits {
@@ -122,6 +180,8 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
     let places = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes()));
+    let by_address = Arc::new(InHandshake::default());
     let acceptor = TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
@@ -129,8 +189,8 @@ pub fn incoming(
                 a = listener.accept() => a,
                 () = tx.closed() => return,
             };
-            let stream = match accepted {
-                Ok((s, _)) => s,
+            let (stream, from) = match accepted {
+                Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, go on.
                     tracing::warn!(error = %e, "accept failed");
@@ -144,13 +204,23 @@ pub fn incoming(
                 drop(stream);
                 continue;
             };
+            let (Ok(shaking), Some(from_here)) = (
+                handshakes.clone().try_acquire_owned(),
+                by_address.enter(from.ip()),
+            ) else {
+                tracing::debug!(from = %from.ip(), "connection refused: too many handshakes in flight");
+                drop(stream);
+                continue;
+            };
             if let Err(e) = prepare(&stream) {
                 tracing::debug!(error = %e, "socket options");
             }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
-                {
+                let shaken =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await;
+                drop((shaking, from_here));
+                match shaken {
                     Ok(Ok(inner)) => {
                         let _ = tx
                             .send(Ok(TlsConn {
@@ -166,4 +236,31 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_a_bounded_number_of_handshakes() {
+        let t = Arc::new(InHandshake::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..HANDSHAKES_PER_ADDRESS)
+            .map(|_| t.enter(a).expect("a place"))
+            .collect();
+        assert!(t.enter(a).is_none(), "one address past its cap");
+        assert!(t.enter(b).is_some(), "another address is not affected");
+        drop(held);
+        assert!(t.enter(a).is_some(), "places come back");
+        assert_eq!(
+            ConnLimits {
+                max_connections: 1024,
+                handshake_timeout: Duration::from_secs(5)
+            }
+            .max_handshakes(),
+            256
+        );
+    }
 }

@@ -67,10 +67,32 @@ pub fn read_pin_file(path: &Path) -> Result<SecretBytes, PinError> {
         reason: e.to_string(),
     };
     use std::io::Read;
-    // The mode of the file opened, not of a path that may change between
-    // a check and a read.
+    use std::os::unix::fs::MetadataExt;
+    // Only a regular file is opened (a FIFO would block the open, a device
+    // would read forever); then the checks are of the file opened, the same
+    // one, not of a path that may change between a check and a read.
+    let seen = std::fs::metadata(path).map_err(file_err)?;
+    let not_private = |reason: String| PinError::FileNotPrivate {
+        path: path.to_owned(),
+        reason,
+    };
+    if !seen.is_file() {
+        return Err(not_private("not a regular file".into()));
+    }
     let mut file = std::fs::File::open(path).map_err(file_err)?;
-    let mode = file.metadata().map_err(file_err)?.permissions().mode();
+    let opened = file.metadata().map_err(file_err)?;
+    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+        return Err(not_private("it changed while being opened".into()));
+    }
+    if let Some(uid) = effective_uid()
+        && opened.uid() != uid
+    {
+        return Err(not_private(format!(
+            "owned by uid {}, not by this process's uid {uid}",
+            opened.uid()
+        )));
+    }
+    let mode = opened.permissions().mode();
     // Group or others may neither read nor write it.
     if mode & 0o077 != 0 {
         return Err(PinError::FileTooOpen {
@@ -87,6 +109,15 @@ pub fn read_pin_file(path: &Path) -> Result<SecretBytes, PinError> {
         }
     }
     non_empty(bytes, path.display().to_string())
+}
+
+/// This process's effective uid, from `/proc/self/status` (Linux); `None`
+/// elsewhere, where the owner is not checked.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    // Uid: real effective saved filesystem
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn non_empty(bytes: Vec<u8>, source_name: String) -> Result<SecretBytes, PinError> {
@@ -125,6 +156,26 @@ mod tests {
             PinSource::File(path.clone()).load().is_ok(),
             "owner read-only"
         );
+        // Not a regular file: refused before it is opened (a FIFO would
+        // block the open).
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(matches!(
+            PinSource::File(fifo).load(),
+            Err(PinError::FileNotPrivate { .. })
+        ));
+        assert!(matches!(
+            PinSource::File(dir.path().to_owned()).load(),
+            Err(PinError::FileNotPrivate { .. })
+        ));
+        assert!(super::effective_uid().is_some(), "this is Linux");
 
         std::fs::write(&path, "\n").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");

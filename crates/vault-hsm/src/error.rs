@@ -159,6 +159,15 @@ pub enum PinError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The PIN file is not a regular file (a FIFO, a device, a directory)
+    /// or belongs to another user.
+    #[error("PIN file {path:?}: {reason}")]
+    FileNotPrivate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The environment variable that should hold the PIN is not set.
     #[error("environment variable {var} (the PIN) is not set")]
     EnvMissing {

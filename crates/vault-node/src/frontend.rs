@@ -97,6 +97,7 @@ impl FrontendService {
     ) -> FrontendService {
         let l = &fleet.limits;
         let sessions = Sessions::new(l.session_ttl, l.max_sessions, l.sessions_per_user);
+        sessions.spawn_purger();
         FrontendService {
             fleet,
             reader,
@@ -297,6 +298,15 @@ impl FrontendService {
     }
 }
 
+/// A registration sealed over a generation that is no longer current.
+fn conflict() -> Status {
+    fail(
+        Code::Aborted,
+        ErrorKind::Conflict,
+        "the user's generation changed since RegisterStart (another registration, a lockout or a delete); start the registration again",
+    )
+}
+
 /// A refusal before anything was committed, for a `RecoverStart` that got
 /// no login-state place.
 fn no_place(r: Refusal) -> Status {
@@ -378,11 +388,24 @@ impl Frontend for FrontendService {
             )));
         }
         let expected = opened.expected_generation;
+        // Generations only grow: if this node already sees a newer one,
+        // the compare-and-set would fail; refuse before the HSM and the log
+        // do any work for a stale (or replayed) payload.
+        let local = self
+            .reader
+            .with_state(|s| s.user(&user).map(|u| u.generation))
+            .unwrap_or(Generation(0));
+        if local > expected {
+            return Err(conflict());
+        }
+        let Some(next) = expected.0.checked_add(1) else {
+            return Err(conflict());
+        };
         let sealed_record = timed_hsm(
             &self.metrics,
             "seal",
             self.hsm.seal(
-                record_aad(secrets.fleet(), &user, Generation(expected.0 + 1)),
+                record_aad(secrets.fleet(), &user, Generation(next)),
                 SecretBytes::new(opened.record.encode().to_vec()),
             ),
         )
@@ -408,11 +431,7 @@ impl Frontend for FrontendService {
                 }))
             }
             Ok(other) => Err(internal(format!("unexpected reply {other:?}"))),
-            Err(CommandError::StaleGeneration { .. }) => Err(fail(
-                Code::Aborted,
-                ErrorKind::Conflict,
-                "the user's generation changed since RegisterStart (another registration, a lockout or a delete); start the registration again",
-            )),
+            Err(CommandError::StaleGeneration { .. }) => Err(conflict()),
             Err(e) => Err(refused(e)),
         }
     }

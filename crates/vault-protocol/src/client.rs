@@ -34,6 +34,8 @@ pub fn argon2id(m_kib: u32, t: u32, p: u32) -> Result<argon2::Argon2<'static>, P
 /// Registration, first half: the request to send.
 pub struct Registration {
     state: ClientRegistration<Suite>,
+    /// The request sent, sealed back so the node can check the answer.
+    request: Vec<u8>,
 }
 
 impl Registration {
@@ -45,11 +47,13 @@ impl Registration {
     ) -> Result<(Registration, Vec<u8>), ProtocolError> {
         let started = ClientRegistration::<Suite>::start(rng, password)
             .map_err(|_| ProtocolError::Internal("OPAQUE registration"))?;
+        let request = started.message.serialize().to_vec();
         Ok((
             Registration {
                 state: started.state,
+                request: request.clone(),
             },
-            started.message.serialize().to_vec(),
+            request,
         ))
     }
 
@@ -94,6 +98,8 @@ impl Registration {
         let export_key = Zeroizing::new(done.export_key.to_vec());
         done.export_key.as_mut_slice().zeroize();
         let payload = RegisterPayload {
+            request: self.request.clone(),
+            response: answer.response.to_vec(),
             upload: done.message.serialize().to_vec(),
             enc_k: enc_k.clone(),
             nonce,

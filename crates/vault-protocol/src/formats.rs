@@ -11,15 +11,26 @@
 use vault_types::Generation;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{ENC_K_LEN, NONCE_LEN, ProtocolError, UPLOAD_LEN};
+use crate::{
+    ENC_K_LEN, NONCE_LEN, ProtocolError, REGISTRATION_REQUEST_LEN, REGISTRATION_RESPONSE_LEN,
+    UPLOAD_LEN,
+};
 
 /// Format version of the `RegisterFinish` payload and of the stored record
 /// in protocol v2.
 pub const FORMAT_V2: u8 = 2;
 
-/// Length of the `RegisterFinish` payload's plaintext:
-/// version ‖ upload ‖ enc_K ‖ nonce ‖ u64be generation ‖ u32be max_attempts.
-pub const PAYLOAD_LEN: usize = 1 + UPLOAD_LEN + ENC_K_LEN + NONCE_LEN + 8 + 4;
+/// Length of the `RegisterFinish` payload's plaintext: version ‖ the
+/// registration request the app sent ‖ the response it received ‖ upload
+/// ‖ enc_K ‖ nonce ‖ u64be generation ‖ u32be max_attempts.
+pub const PAYLOAD_LEN: usize = 1
+    + REGISTRATION_REQUEST_LEN
+    + REGISTRATION_RESPONSE_LEN
+    + UPLOAD_LEN
+    + ENC_K_LEN
+    + NONCE_LEN
+    + 8
+    + 4;
 
 /// Length of a stored record's plaintext: version ‖ password file ‖ enc_K
 /// ‖ nonce.
@@ -93,6 +104,12 @@ impl StoredRecord {
 /// the frontend must neither read nor change.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct RegisterPayload {
+    /// The OPAQUE `RegistrationRequest` the app sent (its blinded element).
+    pub request: Vec<u8>,
+    /// The `RegistrationResponse` the app received and built its record
+    /// on: the node checks it is the fleet's own evaluation, so a relay
+    /// that answered with an OPRF key of its own is found out.
+    pub response: Vec<u8>,
     /// The OPAQUE `RegistrationUpload` (192 bytes).
     pub upload: Vec<u8>,
     /// K wrapped under the export key (60 bytes).
@@ -113,13 +130,20 @@ impl std::fmt::Debug for RegisterPayload {
 }
 
 impl RegisterPayload {
-    /// The plaintext: `0x02 ‖ upload ‖ enc_K ‖ n ‖ u64be(g) ‖ u32be(max)`.
+    /// The plaintext: `0x02 ‖ request ‖ response ‖ upload ‖ enc_K ‖ n ‖
+    /// u64be(g) ‖ u32be(max)`.
     pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-        if self.upload.len() != UPLOAD_LEN || self.enc_k.len() != ENC_K_LEN {
+        if self.request.len() != REGISTRATION_REQUEST_LEN
+            || self.response.len() != REGISTRATION_RESPONSE_LEN
+            || self.upload.len() != UPLOAD_LEN
+            || self.enc_k.len() != ENC_K_LEN
+        {
             return Err(ProtocolError::Malformed("registration payload"));
         }
         let mut out = Zeroizing::new(Vec::with_capacity(PAYLOAD_LEN));
         out.push(FORMAT_V2);
+        out.extend_from_slice(&self.request);
+        out.extend_from_slice(&self.response);
         out.extend_from_slice(&self.upload);
         out.extend_from_slice(&self.enc_k);
         out.extend_from_slice(&self.nonce);
@@ -132,6 +156,10 @@ impl RegisterPayload {
     pub fn decode(bytes: &[u8]) -> Result<RegisterPayload, ProtocolError> {
         let bytes = framed(bytes, PAYLOAD_LEN, "registration payload")?;
         let mut at = 1;
+        let request = bytes[at..at + REGISTRATION_REQUEST_LEN].to_vec();
+        at += REGISTRATION_REQUEST_LEN;
+        let response = bytes[at..at + REGISTRATION_RESPONSE_LEN].to_vec();
+        at += REGISTRATION_RESPONSE_LEN;
         let upload = bytes[at..at + UPLOAD_LEN].to_vec();
         at += UPLOAD_LEN;
         let enc_k = bytes[at..at + ENC_K_LEN].to_vec();
@@ -140,6 +168,8 @@ impl RegisterPayload {
         let generation = Generation(u64::from_be_bytes(field::<8>(bytes, &mut at)));
         let max_attempts = u32::from_be_bytes(field::<4>(bytes, &mut at));
         Ok(RegisterPayload {
+            request,
+            response,
             upload,
             enc_k,
             nonce,
@@ -155,6 +185,8 @@ mod tests {
 
     fn payload() -> RegisterPayload {
         RegisterPayload {
+            request: vec![8; REGISTRATION_REQUEST_LEN],
+            response: vec![9; REGISTRATION_RESPONSE_LEN],
             upload: vec![1; UPLOAD_LEN],
             enc_k: vec![2; ENC_K_LEN],
             nonce: [3; NONCE_LEN],
@@ -167,7 +199,7 @@ mod tests {
     fn the_payload_has_one_encoding_of_one_length() {
         let bytes = payload().encode().unwrap();
         assert_eq!(bytes.len(), PAYLOAD_LEN);
-        assert_eq!(PAYLOAD_LEN, 297);
+        assert_eq!(PAYLOAD_LEN, 393);
         assert_eq!(
             &bytes[PAYLOAD_LEN - 12..],
             &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 7]
@@ -192,6 +224,9 @@ mod tests {
         let mut long = payload();
         long.upload.push(0);
         assert!(long.encode().is_err());
+        let mut no_request = payload();
+        no_request.request.clear();
+        assert!(no_request.encode().is_err());
     }
 
     #[test]

@@ -192,6 +192,22 @@ impl FleetSecrets {
         if !nonce_is_valid(&self.nonce_key, user, payload.generation, &payload.nonce) {
             return Err(ProtocolError::Unauthentic("registration nonce"));
         }
+        // The app built its record on the response it received. Unless that
+        // is the fleet's own evaluation of the app's request under this
+        // registration's key (a deterministic function of both), a relay
+        // answered with an OPRF key of its own, and would test passwords
+        // offline against the record: refuse it.
+        let request = RegistrationRequest::<Suite>::deserialize(&payload.request)
+            .map_err(|_| ProtocolError::Malformed("registration request"))?;
+        let expected = ServerRegistration::<Suite>::start(
+            &self.setup,
+            request,
+            &credential_identifier(user, &payload.nonce),
+        )
+        .map_err(|_| ProtocolError::Malformed("registration request"))?;
+        if expected.message.serialize().as_slice() != payload.response.as_slice() {
+            return Err(ProtocolError::Unauthentic("registration response"));
+        }
         let upload = RegistrationUpload::<Suite>::deserialize(&payload.upload)
             .map_err(|_| ProtocolError::Malformed("registration upload"))?;
         let password_file = ServerRegistration::<Suite>::finish(upload);

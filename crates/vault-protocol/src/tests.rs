@@ -203,23 +203,74 @@ fn register_start_evaluates_under_a_key_no_record_has() {
 }
 
 #[test]
+fn a_response_made_under_another_oprf_key_is_refused() {
+    // A relay answers the app's request with its own evaluation (another
+    // server setup) and the fleet's public key.
+    let f = fleet();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let alice = user("alice");
+    let relay = FleetSecrets::new(
+        f.fleet().clone(),
+        &suite::new_server_setup([0xaa; 32]),
+        &new_hpke_key([2; 32]),
+    )
+    .unwrap();
+    let ksf = argon2id(64, 1, 1).unwrap();
+    let (reg, request) = Registration::start(&mut rng, b"pw").unwrap();
+    let genuine = f
+        .register_start(&mut rng, &alice, Generation(0), &request)
+        .unwrap();
+    let forged = relay
+        .register_start(&mut rng, &alice, Generation(0), &request)
+        .unwrap();
+    let mut response = forged.response[..32].to_vec();
+    response.extend_from_slice(f.opaque_public_key());
+    let out = reg
+        .finish(
+            &mut rng,
+            b"pw",
+            &RegisterStartAnswer {
+                response: &response,
+                nonce: &genuine.nonce,
+                generation: Generation(0),
+            },
+            &alice,
+            f.fleet(),
+            f.hpke_public_key(),
+            &ksf,
+            3,
+            &[9; 32],
+        )
+        .unwrap();
+    assert_eq!(
+        out.server_public_key,
+        f.opaque_public_key(),
+        "the app cannot tell"
+    );
+    assert_eq!(
+        f.register_finish(&alice, &out.sealed).err(),
+        Some(ProtocolError::Unauthentic("registration response"))
+    );
+}
+
+#[test]
 fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
     let f = fleet();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let (alice, bob) = (user("alice"), user("bob"));
-    let (_, request) = Registration::start(&mut rng, b"pw").unwrap();
-    let issued = f
-        .register_start(&mut rng, &alice, Generation(3), &request)
-        .unwrap()
-        .nonce;
+    let ok = app_finish(&f, &mut rng, &alice, b"pw", &[], Generation(3));
     // As issued: opens.
-    let ok = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(3));
     assert_eq!(
         f.register_finish(&alice, &ok.sealed)
             .unwrap()
             .expected_generation,
         Generation(3)
     );
+    let (_, request) = Registration::start(&mut rng, b"pw").unwrap();
+    let issued = f
+        .register_start(&mut rng, &alice, Generation(3), &request)
+        .unwrap()
+        .nonce;
     // At another generation, for another user, or with a forged tag: no.
     let later = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(4));
     let other = app_finish(&f, &mut rng, &bob, b"pw", &issued, Generation(3));
@@ -232,6 +283,13 @@ fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
             Some(ProtocolError::Unauthentic("registration nonce"))
         );
     }
+    // A nonce issued for this user and generation, but not the one the
+    // response was made under, does not fit the response.
+    let swapped = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(3));
+    assert_eq!(
+        f.register_finish(&alice, &swapped.sealed).err(),
+        Some(ProtocolError::Unauthentic("registration response"))
+    );
     // Another fleet's nonces are not this fleet's.
     let other_fleet = FleetSecrets::new(
         f.fleet().clone(),

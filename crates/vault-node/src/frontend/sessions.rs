@@ -103,6 +103,7 @@ struct Table {
     requests: HashMap<RequestId, Entry>,
     per_user: HashMap<UserId, usize>,
     held: usize,
+    last_purge: Option<Instant>,
 }
 
 impl Table {
@@ -116,9 +117,21 @@ impl Table {
         self.held -= 1;
     }
 
+    /// [`Table::purge`], at most every [`PURGE_EVERY`]: a purge scans the
+    /// whole table, and calls come by the thousand.
+    fn purge_now_and_then(&mut self, now: Instant) {
+        if self
+            .last_purge
+            .is_none_or(|last| now.duration_since(last) >= PURGE_EVERY)
+        {
+            self.purge(now);
+        }
+    }
+
     /// Drops expired sessions (their requests become finished) and
     /// forgets finished requests past their time.
     fn purge(&mut self, now: Instant) {
+        self.last_purge = Some(now);
         let expired: Vec<[u8; 16]> = self
             .sessions
             .iter()
@@ -158,6 +171,10 @@ impl Table {
 /// How long a finished request is remembered (replays in that time are
 /// told the recovery finished).
 const FINISHED_MEMORY: Duration = Duration::from_secs(60);
+
+/// How often the table is scanned for expired entries at most (an expired
+/// session may hold its place this much longer).
+const PURGE_EVERY: Duration = Duration::from_millis(250);
 
 /// Why a `RecoverStart` gets no reservation.
 #[derive(Debug, PartialEq, Eq)]
@@ -228,12 +245,30 @@ impl Sessions {
         lock(&self.table).held
     }
 
+    /// Drops what expired every second in a background task (so that
+    /// login states of an idle node, with their ephemeral keys and
+    /// `enc_K`, do not outlive their time in memory); the task ends when
+    /// the table is dropped. Call inside a tokio runtime.
+    pub fn spawn_purger(&self) {
+        let weak = Arc::downgrade(&self.table);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(table) => lock(&table).purge(Instant::now()),
+                    None => return,
+                }
+            }
+        });
+    }
+
     /// Decides what a `RecoverStart` of `user` with `request` (whose body
     /// has `digest`) gets, before anything is committed.
     pub fn begin(&self, user: &UserId, request: RequestId, digest: RequestDigest) -> Begin {
         let now = Instant::now();
         let mut t = lock(&self.table);
-        t.purge(now);
+        t.purge_now_and_then(now);
         if let Some(e) = t.requests.get(&request) {
             if e.digest() != &digest {
                 return Begin::Refused(Refusal::Reused);
@@ -273,10 +308,11 @@ impl Sessions {
     pub fn take(&self, id: &[u8; 16]) -> Option<Session> {
         let now = Instant::now();
         let mut t = lock(&self.table);
-        t.purge(now);
+        t.purge_now_and_then(now);
         let s = t.sessions.remove(id)?;
         t.finish_request(&s.request, now);
-        Some(s)
+        // Expired but not yet purged: gone all the same.
+        (s.expires > now).then_some(s)
     }
 }
 

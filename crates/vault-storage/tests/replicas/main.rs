@@ -286,7 +286,22 @@ async fn run_seed(seed: u64) -> Result<(), String> {
                 "register",
                 Command::Register {
                     user: uid(user),
-                    expected_generation: Generation(*generation.get(&user).unwrap_or(&0)),
+                    // The newest generation any replica shows (a lockout
+                    // or delete moves it): a stale view is refused, which
+                    // the checks allow.
+                    expected_generation: Generation(
+                        cluster
+                            .nodes
+                            .values()
+                            .filter_map(|n| match n.reader.status(&uid(user)) {
+                                UserStatus::Unknown => None,
+                                UserStatus::Active { generation, .. }
+                                | UserStatus::Locked { generation }
+                                | UserStatus::Deleted { generation } => Some(generation.0),
+                            })
+                            .max()
+                            .unwrap_or(0),
+                    ),
                     sealed_record: SealedBytes(vec![user as u8; 24]),
                     max_attempts: MAX_ATTEMPTS,
                 },
