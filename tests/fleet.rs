@@ -337,11 +337,10 @@ fn a_node_certificate_cannot_speak_for_another_node(template: &Template) -> Test
         // The operator may not speak Raft; a node may not call the admin API.
         let f = fleet.fleet();
         let rt = client::runtime();
-        let op = client::tls(
-            &f.tls.fleet_ca,
-            Some((&f.tls.operator.cert, &f.tls.operator.key)),
-            1,
-        )?;
+        // (Node and operator keys live in their tokens: the test speaks
+        // with certificates of its own for those names, from the fleet CA.)
+        let operator = fleet.test_identity(&vault_fleet::identity::Identity::Operator)?;
+        let op = client::tls(&f.tls.fleet_ca, Some((&operator.0, &operator.1)), 1)?;
         let ch = rt.block_on(client::connect(
             f.node(1).map_err(anyhow::Error::msg)?.peer_addr,
             Some(op),
@@ -354,8 +353,8 @@ fn a_node_certificate_cannot_speak_for_another_node(template: &Template) -> Test
             r.as_ref().err().map(|s| s.code()) == Some(tonic::Code::PermissionDenied),
             "operator on peer API: {r:?}"
         );
-        let n2 = f.node(2).map_err(anyhow::Error::msg)?;
-        let as_node = client::tls(&f.tls.fleet_ca, Some((&n2.tls.cert, &n2.tls.key)), 1)?;
+        let n2 = fleet.test_identity(&vault_fleet::identity::Identity::Node(2))?;
+        let as_node = client::tls(&f.tls.fleet_ca, Some((&n2.0, &n2.1)), 1)?;
         let ch = rt.block_on(client::connect(
             f.node(1).map_err(anyhow::Error::msg)?.peer_addr,
             Some(as_node),
@@ -417,12 +416,8 @@ fn the_frontend_port_refuses_plaintext_and_certless_clients(template: &Template)
             certless.is_err(),
             "a client without a certificate got an answer: {certless:?}"
         );
-        let n1 = f.node(1).map_err(anyhow::Error::msg)?;
-        let wrong_ca = check(Some(client::tls(
-            &f.tls.fleet_ca,
-            Some((&n1.tls.cert, &n1.tls.key)),
-            2,
-        )?));
+        let n1 = fleet.test_identity(&vault_fleet::identity::Identity::Node(1))?;
+        let wrong_ca = check(Some(client::tls(&f.tls.fleet_ca, Some((&n1.0, &n1.1)), 2)?));
         ensure!(
             wrong_ca.is_err(),
             "a node certificate got onto the frontend port: {wrong_ca:?}"

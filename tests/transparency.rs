@@ -300,13 +300,12 @@ async fn serve_impostor(
     impostor: Impostor,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let pki = fleet.dir().join("pki");
-    let ca = vault_fleet::pki::Authority::load(
-        &std::fs::read_to_string(pki.join("fleet-ca.pem"))?,
-        &std::fs::read_to_string(pki.join("fleet-ca.key"))?,
-    )?;
-    let cert = ca.issue(&FleetIdentity::Node(1))?;
+    let (cert, key) = fleet.test_identity(&FleetIdentity::Node(1))?;
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert.cert_pem, cert.key_pem))
+        .identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ))
         .client_ca_root(Certificate::from_pem(std::fs::read(
             pki.join("frontend-ca.pem"),
         )?));
@@ -507,15 +506,15 @@ async fn submit(
     dir: &std::path::Path,
     bundle: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let pki = fleet.dir().join("pki");
+    let (cert, key) = fleet.test_identity(&vault_fleet::identity::Identity::Operator)?;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(
             dir.join("tls/ca.pem"),
         )?))
         .domain_name(FleetIdentity::Witness.dns_name())
         .identity(Identity::from_pem(
-            std::fs::read(pki.join("operator.pem"))?,
-            std::fs::read(pki.join("operator.key"))?,
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
         ));
     let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?

@@ -1,5 +1,4 @@
-//! `vaultctl pki …` and `vaultctl cluster …`: certificates and the admin
-//! API of a running fleet.
+//! `vaultctl cluster …`: the admin API of a running fleet.
 //!
 //! Endpoints and the operator's certificate come from the fleet file
 //! (`--config`) and the fleet directory (`--fleet-dir`), the same two
@@ -14,8 +13,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 use vault_fleet::config::Fleet;
-use vault_fleet::pki;
-use vault_fleet::tls::client_config_for_node;
+use vault_fleet::identity::node_dns_name;
+use vault_fleet::tls::{KeySource, TlsConnector, TlsIdentity, rustls_client_config};
 use vault_proto::v1::admin_client::AdminClient;
 use vault_proto::v1::{
     AddLearnerRequest, InitRequest, MembershipReply, PromoteRequest, RemoveNodeRequest, Role,
@@ -38,6 +37,16 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
+    /// The same two arguments for a child `vaultctl`.
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--config".into(),
+            self.config.clone().into(),
+            "--fleet-dir".into(),
+            self.fleet_dir.clone().into(),
+        ]
+    }
+
     pub(crate) fn load(&self) -> anyhow::Result<Fleet> {
         Ok(Fleet::load(&self.config, &self.fleet_dir)?)
     }
@@ -46,23 +55,6 @@ impl FleetArgs {
     pub(crate) fn fleet_dir(&self) -> PathBuf {
         self.fleet_dir.clone()
     }
-}
-
-/// `vaultctl pki …`
-#[derive(Debug, Subcommand)]
-pub enum PkiCommand {
-    /// Create the fleet CA, the frontend CA, a certificate for every node
-    /// of the fleet file, the operator's certificate and frontend client
-    /// certificates, in the directory of the fleet file's `tls.fleet_ca`.
-    /// Existing files are kept, so this also issues certificates for nodes
-    /// added to the fleet file later.
-    Init {
-        #[command(flatten)]
-        fleet: FleetArgs,
-        /// A frontend to issue a client certificate for (repeatable).
-        #[arg(long = "frontend", default_value = "local")]
-        frontends: Vec<String>,
-    },
 }
 
 /// `vaultctl cluster …`
@@ -146,58 +138,44 @@ pub enum ClusterCommand {
     },
 }
 
-/// Runs a `pki` command.
-pub fn run_pki(cmd: PkiCommand) -> anyhow::Result<ExitCode> {
-    let PkiCommand::Init { fleet, frontends } = cmd;
-    issue_certificates(&fleet.load()?, frontends)?;
-    Ok(ExitCode::SUCCESS)
+impl ClusterCommand {
+    fn fleet_args(&self) -> &FleetArgs {
+        match self {
+            ClusterCommand::Init { fleet, .. }
+            | ClusterCommand::Status { fleet, .. }
+            | ClusterCommand::AddNode { fleet, .. }
+            | ClusterCommand::Promote { fleet, .. }
+            | ClusterCommand::RemoveNode { fleet, .. }
+            | ClusterCommand::Preload { fleet, .. }
+            | ClusterCommand::Snapshot { fleet, .. } => fleet,
+        }
+    }
 }
 
-/// Issues every certificate `f` names (CAs, nodes, operator) and one per
-/// frontend, in the directory of `tls.fleet_ca`, keeping files that exist;
-/// checks that the fleet file's paths name what was issued.
-pub(crate) fn issue_certificates(f: &Fleet, frontends: Vec<String>) -> anyhow::Result<()> {
-    let dir = f
-        .tls
-        .fleet_ca
-        .parent()
-        .ok_or_else(|| anyhow!("tls.fleet_ca has no directory"))?
-        .to_owned();
-    let plan = pki::Plan {
-        nodes: f.nodes.keys().copied().collect(),
-        frontends,
+/// When the operator's token is a SoftHSM directory that this process does
+/// not use yet, re-runs this very command with it (SoftHSM reads its
+/// configuration once per process) and returns the child's exit code.
+pub(crate) fn in_operator_token(fleet: &Fleet) -> anyhow::Result<Option<ExitCode>> {
+    let token = &fleet.tls.operator.token;
+    let (vault_fleet::config::HsmModule::SoftHsm, Some(dir)) = (&token.module, &token.softhsm_dir)
+    else {
+        return Ok(None);
     };
-    let written = pki::ensure(&dir, &plan)?;
-    for expected in [&f.tls.frontend_ca, &f.tls.operator.cert] {
-        if !expected.exists() {
-            bail!(
-                "{} does not exist: the fleet file's tls paths must name files in {} as `vaultctl pki init` lays them out",
-                expected.display(),
-                dir.display()
-            );
-        }
+    let dir = vault_hsm::softhsm::SoftHsmDir::at(dir);
+    if !dir.conf().is_file() {
+        bail!(
+            "no operator token directory at {} (make one with `vaultctl fleet provision`)",
+            dir.root().display()
+        );
     }
-    for n in f.nodes.values() {
-        if !n.tls.cert.exists() {
-            bail!(
-                "node {}: {} does not exist (expected in {})",
-                n.id,
-                n.tls.cert.display(),
-                dir.display()
-            );
-        }
-    }
-    if written.is_empty() {
-        eprintln!("all certificates exist in {}", dir.display());
-    }
-    for w in written {
-        eprintln!("wrote {}", w.display());
-    }
-    Ok(())
+    Ok((!dir.is_active()).then(|| dir.rerun_self()))
 }
 
 /// Runs a `cluster` command.
 pub fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    if let Some(code) = in_operator_token(&cmd.fleet_args().load()?)? {
+        return Ok(code);
+    }
     vault_fleet::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -205,23 +183,42 @@ pub fn run_cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(cluster(cmd))
 }
 
+/// The operator's client of the fleet: its certificate, and its key in the
+/// operator token (`bkv-tls`), signing every handshake there.
 pub(crate) struct Admin {
     pub(crate) fleet: Fleet,
+    pub(crate) identity: TlsIdentity,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// How long `cluster status` waits for one node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Admin {
+    /// Opens the operator token (this process must use its SoftHSM
+    /// directory: [`in_operator_token`]) and the fleet's TLS settings.
+    pub(crate) fn open(fleet: Fleet) -> anyhow::Result<Admin> {
+        let key = crate::pki_cmd::operator_key(&fleet, vault_hsm::KeyRole::Tls, false)?;
+        let identity = TlsIdentity {
+            cert: fleet.tls.operator.cert.clone(),
+            key: KeySource::Signer(std::sync::Arc::new(key).rustls()),
+        };
+        let tls = rustls_client_config(Some(&identity), &fleet.tls.fleet_ca)?;
+        Ok(Admin {
+            fleet,
+            identity,
+            tls,
+        })
+    }
+
     pub(crate) fn client(&self, node: u64) -> anyhow::Result<AdminClient<Channel>> {
         let n = self.fleet.node(node).map_err(anyhow::Error::msg)?;
-        let tls = client_config_for_node(&self.fleet.tls.operator, &self.fleet.tls.fleet_ca, node)?;
-        let channel = Endpoint::from_shared(format!("https://{}", n.peer_addr))?
-            .tls_config(tls)?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(120))
-            .connect_lazy();
+        let channel = TlsConnector::new(self.tls.clone(), &node_dns_name(node), None)
+            .map_err(anyhow::Error::msg)?
+            .channel(&n.peer_addr.to_string(), |e: Endpoint| {
+                e.connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(120))
+            })?;
         Ok(AdminClient::new(channel))
     }
 
@@ -515,10 +512,8 @@ fn print_membership(r: &MembershipReply) {
 async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ClusterCommand::Init { fleet, node, wait } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
-            let node = match node {
+            let admin = Admin::open(fleet.load()?)?;
+            let mut node = match node {
                 Some(n) => n,
                 None => *admin
                     .fleet
@@ -544,6 +539,22 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                         eprintln!("node {node} not ready ({}); retrying", s.message());
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    // Membership is bootstrapped and another node leads: the
+                    // fleet's first entry is committed there (a leader takes
+                    // operator commands from the operator only).
+                    Err(s)
+                        if s.code() == tonic::Code::FailedPrecondition
+                            && s.message().contains("not the leader")
+                            && Instant::now() < give_up =>
+                    {
+                        if let Ok(leader) = admin.leader().await
+                            && leader != node
+                        {
+                            eprintln!("node {node} does not lead; asking node {leader}");
+                            node = leader;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                     Err(s) => bail!(
                         "init on node {node}: {}: {}",
                         code_name(s.code()),
@@ -558,7 +569,7 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             wait_converged,
         } => {
             let f = fleet.load()?;
-            let admin = Admin { fleet: f };
+            let admin = Admin::open(f)?;
             let give_up = Instant::now() + Duration::from_secs(wait_converged.unwrap_or(0));
             let all = loop {
                 let all = admin.all_status().await;
@@ -586,9 +597,7 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             node_id,
             learner_only,
         } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
+            let admin = Admin::open(fleet.load()?)?;
             admin.fleet.node(node_id).map_err(anyhow::Error::msg)?;
             let r = admin
                 .on_leader(
@@ -607,9 +616,7 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClusterCommand::Promote { fleet, node_id } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
+            let admin = Admin::open(fleet.load()?)?;
             let r = admin
                 .on_leader(|mut c| async move { c.promote(PromoteRequest { node_id }).await })
                 .await?;
@@ -617,9 +624,7 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClusterCommand::RemoveNode { fleet, node_id } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
+            let admin = Admin::open(fleet.load()?)?;
             let r = admin
                 .on_leader(
                     |mut c| async move { c.remove_node(RemoveNodeRequest { node_id }).await },
@@ -634,15 +639,11 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             first,
             batch,
         } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
+            let admin = Admin::open(fleet.load()?)?;
             preload(&admin, first, users, batch).await
         }
         ClusterCommand::Snapshot { fleet, node } => {
-            let admin = Admin {
-                fleet: fleet.load()?,
-            };
+            let admin = Admin::open(fleet.load()?)?;
             let r = match node {
                 Some(n) => admin
                     .client(n)?

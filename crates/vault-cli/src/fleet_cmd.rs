@@ -5,15 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use vault_hsm::softhsm::SoftHsmDir;
 use vault_proto::convert::tree_head_from_pb as from_pb;
 use vault_proto::v1::TreeHead as PbHead;
 use vault_transparency::Hash;
 use vault_transparency::head::TreeHead;
 
-use crate::cluster_cmd::FleetArgs;
+use crate::cluster_cmd::{FleetArgs, in_operator_token};
 
 mod audit;
 mod evidence;
@@ -40,8 +39,10 @@ pub enum FleetCommand {
     /// (mode 600, in the directory of each node's `hsm.pin_file`; the SO
     /// PIN beside it as `<token label>.so.pin`), one SoftHSM token per node
     /// (the fleet KEK made on the first node and copied to every other by
-    /// the ceremony), the operator's token (`<fleet dir>/hsm/operator`) and
-    /// every certificate (`vaultctl pki init`). Keeps whatever exists, so
+    /// the ceremony; each with its TLS key, which never leaves it), the
+    /// operator's token (`tls.operator_token`), the TLS public keys
+    /// exported from the tokens, and every certificate (`vaultctl pki
+    /// init`), issued for those keys. Keeps whatever exists, so
     /// it is safe to run again, and after adding a node to the fleet file it
     /// provisions just that node.
     Provision(ProvisionArgs),
@@ -60,9 +61,6 @@ pub struct ProvisionArgs {
     /// A frontend to issue a client certificate for (repeatable).
     #[arg(long = "frontend", default_value = "local")]
     frontends: Vec<String>,
-    /// The operator token's label.
-    #[arg(long, default_value = "operator")]
-    operator_label: String,
 }
 
 /// Where the witness is.
@@ -88,20 +86,6 @@ pub struct PublishArgs {
     /// answer is checked against its key. Default: `<fleet dir>/pins.json`.
     #[arg(long, value_name = "FILE")]
     pins: Option<PathBuf>,
-    /// The operator token's label.
-    #[arg(long, default_value = "operator")]
-    operator_label: String,
-    /// The operator token's SoftHSM directory. Default:
-    /// `<fleet dir>/hsm/operator`.
-    #[arg(long, value_name = "DIR")]
-    operator_softhsm_dir: Option<PathBuf>,
-    /// The operator token's user PIN file. Default:
-    /// `<fleet dir>/secrets/operator.user.pin`.
-    #[arg(long, value_name = "FILE")]
-    operator_pin_file: Option<PathBuf>,
-    /// PKCS#11 module of the operator token. Default: SoftHSM2.
-    #[arg(long, value_name = "PATH")]
-    module: Option<PathBuf>,
     /// How long the bundle stays valid, in days.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     validity_days: u64,
@@ -186,29 +170,22 @@ pub fn run_fleet(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
             say(&ids.join("\n"));
             Ok(ExitCode::SUCCESS)
         }
+        // The operator token (the fleet file's `tls.operator_token`: the
+        // key that counter-signs bundles and the operator's TLS key) lives
+        // in its own SoftHSM directory, which SoftHSM reads once per
+        // process: these re-run themselves with it.
         FleetCommand::PublishKeys(a) => {
-            // The operator token lives in its own SoftHSM directory, which
-            // SoftHSM reads once per process: re-run this command with it.
-            let dir = a
-                .operator_softhsm_dir
-                .clone()
-                .unwrap_or_else(|| a.fleet.fleet_dir().join("hsm/operator"));
-            if a.module.is_none() {
-                let dir = SoftHsmDir::at(&dir);
-                if !dir.conf().is_file() {
-                    bail!(
-                        "no operator token directory at {} (make one with `vaultctl fleet provision`, or `vaultctl hsm init --operator --softhsm-dir {} …`)",
-                        dir.root().display(),
-                        dir.root().display()
-                    );
-                }
-                if !dir.is_active() {
-                    return Ok(dir.rerun_self());
-                }
+            if let Some(code) = in_operator_token(&a.fleet.load()?)? {
+                return Ok(code);
             }
             runtime()?.block_on(publish::publish(a))
         }
-        FleetCommand::Evidence(a) => runtime()?.block_on(evidence::evidence(a)),
+        FleetCommand::Evidence(a) => {
+            if let Some(code) = in_operator_token(&a.fleet.load()?)? {
+                return Ok(code);
+            }
+            runtime()?.block_on(evidence::evidence(a))
+        }
     }
 }
 

@@ -24,6 +24,12 @@ pub enum HsmCommand {
     Report(ReportArgs),
     /// Print an operator token's public key (hex), the key apps pin.
     OperatorKey(ReportArgs),
+    /// Make sure a node's or the operator's token has its TLS key pair
+    /// (`bkv-tls`: EC P-256, generated on the token, never extractable;
+    /// the identity the node or operator presents in every handshake),
+    /// generating it if a token lacks it, and write its public key (PEM)
+    /// for `vaultctl pki init` to certify.
+    TlsKey(TlsKeyArgs),
     /// Ceremony step 1, on the receiving HSM: write its transport public key.
     ExportTransport(ExportArgs),
     /// Ceremony step 2, on the sending HSM: the security officer trusts the
@@ -122,6 +128,20 @@ pub struct ReportArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `hsm tls-key`.
+#[derive(Debug, Args)]
+pub struct TlsKeyArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// File holding the user PIN (mode 600).
+    #[arg(long, value_name = "FILE")]
+    user_pin_file: PathBuf,
+    /// Where to write the public key (PEM SubjectPublicKeyInfo), e.g.
+    /// `pki/node-1.pub.pem`.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 /// Arguments of `hsm export-transport`.
@@ -242,6 +262,7 @@ pub fn run(cmd: HsmCommand) -> Result<ExitCode> {
         HsmCommand::Init(a) => init(a),
         HsmCommand::Report(a) => report(a),
         HsmCommand::OperatorKey(a) => operator_key(a),
+        HsmCommand::TlsKey(a) => tls_key(a),
         HsmCommand::ExportTransport(a) => export_transport(a),
         HsmCommand::WrapKek(a) => wrap_kek(a),
         HsmCommand::ImportKek(a) => import_kek(a),
@@ -290,6 +311,28 @@ fn operator_key(a: ReportArgs) -> Result<ExitCode> {
     let key = vault_hsm::OperatorKey::open(&a.token.module()?, &a.token.label, &user_pin)
         .with_context(|| format!("open operator token {:?}", a.token.label))?;
     emit(&format!("{}\n", hex::encode(&key.public_key().0)));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tls_key(a: TlsKeyArgs) -> Result<ExitCode> {
+    let user_pin = pin(&a.user_pin_file)?;
+    if let Some(code) = a.token.rerun_for_dir(false)? {
+        return Ok(code);
+    }
+    let module = a.token.module()?;
+    let made =
+        provision::ensure_signing_key(&module, &a.token.label, &user_pin, vault_hsm::KeyRole::Tls)
+            .with_context(|| format!("TLS key of token {:?}", a.token.label))?;
+    let key = vault_hsm::TokenKey::open(&module, &a.token.label, &user_pin)
+        .with_context(|| format!("open token {:?}", a.token.label))?;
+    vault_fleet::pki::write_public_key(&a.out, &key.public_key_spki_der())?;
+    eprintln!(
+        "{} the TLS key of {:?}; its public key is in {} (fingerprint sha256:{}: compare it with what `vaultctl pki init` certifies)",
+        if made { "generated" } else { "found" },
+        a.token.label,
+        a.out.display(),
+        vault_fleet::pki::fingerprint(&key.public_key_spki_der())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

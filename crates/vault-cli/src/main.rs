@@ -21,6 +21,7 @@ mod cluster_cmd;
 mod fleet_cmd;
 mod hsm_cmd;
 mod output;
+mod pki_cmd;
 mod user_cmd;
 
 /// Backup Key Vault command line.
@@ -38,9 +39,9 @@ enum Command {
     #[command(subcommand)]
     Hsm(hsm_cmd::HsmCommand),
     /// Issue the fleet's certificates (fleet CA, frontend CA, nodes,
-    /// operator, frontends).
+    /// operator, frontends) with the CA keys on the operator token.
     #[command(subcommand)]
-    Pki(cluster_cmd::PkiCommand),
+    Pki(pki_cmd::PkiCommand),
     /// Operate a running fleet: init, status, membership, snapshots.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hsm(cmd) => hsm_cmd::run(cmd),
-        Command::Pki(cmd) => cluster_cmd::run_pki(cmd),
+        Command::Pki(cmd) => pki_cmd::run_pki(cmd),
         Command::Cluster(cmd) => cluster_cmd::run_cluster(cmd),
         Command::Fleet(cmd) => fleet_cmd::run_fleet(cmd),
         Command::Audit(a) => fleet_cmd::run_audit(a),

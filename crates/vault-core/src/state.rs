@@ -372,9 +372,12 @@ impl VaultState {
             .fleet
             .as_mut()
             .ok_or(CommandError::FleetNotInitialized)?;
+        // Each bundle follows the one before: an epoch that jumps ahead
+        // (u64::MAX, say) would leave no room for the next one and strand
+        // apps pinned to the chain.
         let current = fleet.bundle.as_ref().map_or(0, |(e, _)| *e);
-        if epoch <= current {
-            return Err(CommandError::EpochNotIncreasing {
+        if Some(epoch) != current.checked_add(1) {
+            return Err(CommandError::EpochNotNext {
                 current,
                 given: epoch,
             });

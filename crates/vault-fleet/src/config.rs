@@ -14,8 +14,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use vault_types::FleetId;
 
-use crate::tls::CertFiles;
-
 /// The config format this build reads.
 pub const VERSION: u32 = 1;
 
@@ -62,7 +60,34 @@ struct TlsFile {
     fleet_ca: PathBuf,
     frontend_ca: PathBuf,
     operator_cert: PathBuf,
-    operator_key: PathBuf,
+    /// Required; optional here only to explain its absence.
+    operator_token: Option<TokenFile>,
+    /// Refused with an explanation: the key is in the operator's token.
+    operator_key: Option<PathBuf>,
+}
+
+/// A token holding a TLS key (`bkv-tls`): the operator's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default = "softhsm")]
+    module: String,
+    softhsm_dir: Option<PathBuf>,
+    token_label: String,
+    pin_file: PathBuf,
+}
+
+fn softhsm() -> String {
+    "softhsm".into()
+}
+
+/// A node's certificate; its key is in its HSM.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTlsFile {
+    cert: PathBuf,
+    /// Refused with an explanation: the key is in the node's HSM.
+    key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -79,7 +104,7 @@ struct NodeFile {
     #[serde(default = "yes")]
     bootstrap: bool,
     hsm: HsmFile,
-    tls: CertFile,
+    tls: NodeTlsFile,
 }
 
 fn yes() -> bool {
@@ -94,13 +119,6 @@ struct HsmFile {
     token_label: String,
     pin_file: PathBuf,
     sessions: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CertFile {
-    cert: PathBuf,
-    key: PathBuf,
 }
 
 /// A validated fleet file.
@@ -235,8 +253,40 @@ pub struct FleetTls {
     pub fleet_ca: PathBuf,
     /// The frontend CA: frontend client certificates.
     pub frontend_ca: PathBuf,
-    /// The operator's client certificate (used by `vaultctl cluster`).
-    pub operator: CertFiles,
+    /// The operator's client certificate (used by `vaultctl cluster`),
+    /// whose key is in the operator's token.
+    pub operator: OperatorTls,
+}
+
+/// The operator's TLS identity: a certificate file and a token whose
+/// `bkv-tls` key it names.
+#[derive(Clone, Debug)]
+pub struct OperatorTls {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// The token with the key.
+    pub token: TokenRef,
+}
+
+/// Where a token is and how to log in to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRef {
+    /// The PKCS#11 module.
+    pub module: HsmModule,
+    /// For SoftHSM: the token's directory (SoftHSM reads its config once
+    /// per process, so a tool re-runs itself with it).
+    pub softhsm_dir: Option<PathBuf>,
+    /// The token label.
+    pub token_label: String,
+    /// The user PIN file (mode 600).
+    pub pin_file: PathBuf,
+}
+
+/// A node's TLS certificate; the key is `bkv-tls` in the node's HSM.
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    /// The certificate (server and client of the peer API).
+    pub cert: PathBuf,
 }
 
 /// Where a node's PKCS#11 module is.
@@ -292,8 +342,9 @@ pub struct NodeConfig {
     pub bootstrap: bool,
     /// Its HSM.
     pub hsm: NodeHsm,
-    /// Its certificate (server and client of the peer API).
-    pub tls: CertFiles,
+    /// Its certificate (server and client of the peer API); the key is in
+    /// its HSM.
+    pub tls: NodeTls,
 }
 
 /// The fleet file is unreadable or invalid.
@@ -407,12 +458,24 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
     }
     let raft = raft_timers(&f.raft)?;
     let resolve = |p: &Path| dir.join(p);
+    if f.tls.operator_key.is_some() {
+        return Err(KEY_IN_HSM.replace("{what}", "tls.operator_key: the operator's"));
+    }
+    let op = f.tls.operator_token.as_ref().ok_or_else(|| {
+        "tls.operator_token is missing: name the operator's token, e.g. operator_token = { softhsm_dir = \"hsm/operator\", token_label = \"operator\", pin_file = \"secrets/operator.user.pin\" } (it holds the operator's TLS key and the CA keys; docs/OPERATIONS.md, \"Moving a fleet made before keys lived in HSMs\")".to_owned()
+    })?;
     let tls = FleetTls {
         fleet_ca: resolve(&f.tls.fleet_ca),
         frontend_ca: resolve(&f.tls.frontend_ca),
-        operator: CertFiles {
+        operator: OperatorTls {
             cert: resolve(&f.tls.operator_cert),
-            key: resolve(&f.tls.operator_key),
+            token: TokenRef {
+                module: module_of(&op.module, &resolve)
+                    .map_err(|e| format!("tls.operator_token: {e}"))?,
+                softhsm_dir: op.softhsm_dir.as_deref().map(resolve),
+                token_label: op.token_label.clone(),
+                pin_file: resolve(&op.pin_file),
+            },
         },
     };
     if f.node.is_empty() {
@@ -462,11 +525,10 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
         if !(1..=64).contains(&sessions) {
             return Err(format!("{at}: hsm.sessions must be 1..=64"));
         }
-        let module = match n.hsm.module.as_str() {
-            "" => return Err(format!("{at}: hsm.module is empty")),
-            "softhsm" => HsmModule::SoftHsm,
-            path => HsmModule::Path(resolve(Path::new(path))),
-        };
+        let module = module_of(&n.hsm.module, &resolve).map_err(|e| format!("{at}: hsm.{e}"))?;
+        if n.tls.key.is_some() {
+            return Err(KEY_IN_HSM.replace("{what}", &format!("{at}: tls.key: a node's")));
+        }
         let softhsm_dir = n.hsm.softhsm_dir.as_deref().map(resolve);
         if let Some(d) = &softhsm_dir {
             // Two nodes in one SoftHSM dir would share tokens by label.
@@ -500,9 +562,8 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
                 pin_file: resolve(&n.hsm.pin_file),
                 sessions,
             },
-            tls: CertFiles {
+            tls: NodeTls {
                 cert: resolve(&n.tls.cert),
-                key: resolve(&n.tls.key),
             },
         };
         if nodes.insert(n.id, node).is_some() {
@@ -521,6 +582,17 @@ fn validate(f: FleetFile, dir: &Path) -> Result<Fleet, String> {
         nodes,
         source_sha256: [0; 32],
     })
+}
+
+/// Why a key path is refused.
+const KEY_IN_HSM: &str = "{what} TLS key lives in its token (object `bkv-tls`, made by `vaultctl fleet provision` or `vaultctl hsm tls-key`), never in a file: remove the field (a copy of a disk must not be enough to pose as a node or the operator)";
+
+fn module_of(name: &str, resolve: &impl Fn(&Path) -> PathBuf) -> Result<HsmModule, String> {
+    match name {
+        "" => Err("module is empty".into()),
+        "softhsm" => Ok(HsmModule::SoftHsm),
+        path => Ok(HsmModule::Path(resolve(Path::new(path)))),
+    }
 }
 
 fn raft_timers(r: &RaftFile) -> Result<RaftTimers, String> {

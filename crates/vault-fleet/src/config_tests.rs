@@ -12,7 +12,7 @@ profile = "lan"
 fleet_ca = "pki/fleet-ca.pem"
 frontend_ca = "pki/frontend-ca.pem"
 operator_cert = "pki/operator.pem"
-operator_key = "pki/operator.key"
+operator_token = { softhsm_dir = "hsm/operator", token_label = "operator", pin_file = "secrets/operator.user.pin" }
 
 [[node]]
 id = 1
@@ -22,7 +22,7 @@ peer_addr = "127.0.0.1:7201"
 metrics_addr = "127.0.0.1:7301"
 data_dir = "node-1/data"
 hsm = { module = "softhsm", softhsm_dir = "hsm/node-1", token_label = "node-1", pin_file = "secrets/node-1.user.pin" }
-tls = { cert = "pki/node-1.pem", key = "pki/node-1.key" }
+tls = { cert = "pki/node-1.pem" }
 
 [[node]]
 id = 2
@@ -33,7 +33,7 @@ metrics_addr = "127.0.0.1:7302"
 data_dir = "node-2/data"
 bootstrap = false
 hsm = { module = "/opt/hsm/lib.so", token_label = "node-2", pin_file = "/etc/pin" }
-tls = { cert = "pki/node-2.pem", key = "pki/node-2.key" }
+tls = { cert = "pki/node-2.pem" }
 "#;
 
 fn parse(text: &str) -> Result<Fleet, String> {
@@ -192,4 +192,35 @@ fn a_proxied_peer_address_is_checked_like_the_others() {
     assert!(parse(&same_ip).unwrap_err().contains("another node's"));
     let unspecified = GOOD.replacen(one, &format!("{one}\npeer_source_ip = \"0.0.0.0\""), 1);
     assert!(parse(&unspecified).unwrap_err().contains("unspecified"));
+}
+
+#[test]
+fn a_key_file_for_a_node_or_the_operator_is_refused_with_the_reason() {
+    let node_key = GOOD.replace(
+        r#"tls = { cert = "pki/node-1.pem" }"#,
+        r#"tls = { cert = "pki/node-1.pem", key = "pki/node-1.key" }"#,
+    );
+    let err = parse(&node_key).unwrap_err();
+    assert!(err.contains("tls.key") && err.contains("bkv-tls"), "{err}");
+    let operator_key = GOOD.replace(
+        "operator_cert = \"pki/operator.pem\"",
+        "operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"",
+    );
+    let err = parse(&operator_key).unwrap_err();
+    assert!(err.contains("tls.operator_key"), "{err}");
+    let no_token: String = GOOD
+        .lines()
+        .filter(|l| !l.starts_with("operator_token"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let err = parse(&no_token).unwrap_err();
+    assert!(err.contains("tls.operator_token is missing"), "{err}");
+    let f = parse(GOOD).unwrap();
+    let t = &f.tls.operator.token;
+    assert_eq!(t.module, HsmModule::SoftHsm);
+    assert_eq!(
+        t.softhsm_dir.as_deref(),
+        Some(Path::new("/fleet/hsm/operator"))
+    );
+    assert_eq!(t.pin_file, Path::new("/fleet/secrets/operator.user.pin"));
 }

@@ -192,7 +192,7 @@ pub fn random_bytes<H: Hsm>(hsm: &H) -> CheckResult {
 
 /// The key report names the token and shows every KEK sensitive and never
 /// exportable except wrapped under a trusted key, and the attestation key
-/// sensitive and never extractable.
+/// and TLS keys sensitive, never extractable and generated on the token.
 pub fn key_report_shows_protected_keys<H: Hsm>(hsm: &H) -> CheckResult {
     let report = hsm.key_report().map_err(|e| format!("key report: {e}"))?;
     ensure!(!report.token.serial.is_empty(), "token serial is empty");
@@ -230,6 +230,18 @@ pub fn key_report_shows_protected_keys<H: Hsm>(hsm: &H) -> CheckResult {
     ensure!(
         att.local == Some(true),
         "attestation key was not generated on the token"
+    );
+    let tls = report
+        .keys
+        .iter()
+        .find(|k| k.role == "tls")
+        .ok_or("report lists no TLS key")?;
+    ensure!(
+        tls.sensitive == Some(true)
+            && tls.extractable == Some(false)
+            && tls.never_extractable == Some(true)
+            && tls.local == Some(true),
+        "TLS key attributes are {tls:?}"
     );
     Ok(())
 }

@@ -36,6 +36,7 @@ pub mod provision;
 mod report;
 mod secret;
 pub mod softhsm;
+pub mod token_key;
 
 pub use asynchronous::AsyncHsm;
 pub use attestation::{AttestationPublicKey, AttestationSignature, VerifyError};
@@ -47,3 +48,4 @@ pub use operator::OperatorKey;
 pub use pkcs11::Pkcs11Hsm;
 pub use report::{KeyAttributes, KeyReport, TokenReport};
 pub use secret::SecretBytes;
+pub use token_key::{KeyRole, TokenKey};

@@ -13,17 +13,20 @@
 use std::path::{Path, PathBuf};
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::types::AuthPin;
 
 use crate::attestation::P256_EC_PARAMS;
 use crate::blob::KekVersion;
 use crate::error::{DeviceError, OpenError};
-use crate::pkcs11::keys::{ATTESTATION_LABEL, OPERATOR_LABEL, TRANSPORT_LABEL, kek_template};
+use crate::pkcs11::keys::{
+    ATTESTATION_LABEL, OPERATOR_LABEL, TLS_LABEL, TRANSPORT_LABEL, find_one, kek_template,
+};
 use crate::pkcs11::token::{Token, load_module};
 use crate::report::KeyReport;
 use crate::secret::SecretBytes;
+use crate::token_key::KeyRole;
 
 /// RSA modulus of the transport key, in bits.
 pub const TRANSPORT_KEY_BITS: u64 = 3072;
@@ -113,6 +116,7 @@ pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
     }
     generate_ec_signing_key(&session, ATTESTATION_LABEL, "generate attestation key")?;
     generate_transport_key(&session)?;
+    generate_ec_signing_key(&session, TLS_LABEL, "generate TLS key")?;
     report_with(&token, &session)
 }
 
@@ -128,7 +132,28 @@ pub fn init_operator_token(req: &InitRequest<'_>) -> Result<KeyReport, Provision
     }
     let (token, session) = create_token(req)?;
     generate_ec_signing_key(&session, OPERATOR_LABEL, "generate operator key")?;
+    // The CA keys are per fleet: `vaultctl pki init` makes them.
+    generate_ec_signing_key(&session, &KeyRole::Tls.label(), "generate TLS key")?;
     report_with(&token, &session)
+}
+
+/// Makes sure the token labelled `label` has the signing key pair of
+/// `role`, generating it (as the user) if a token made before the key
+/// moved into the HSM lacks it. Returns whether it was generated.
+pub fn ensure_signing_key(
+    module: &std::path::Path,
+    label: &str,
+    user_pin: &SecretBytes,
+    role: KeyRole<'_>,
+) -> Result<bool, ProvisionError> {
+    let token = Token::find(module, label)?;
+    let session = token.session(true)?;
+    token.login_user(&session, user_pin)?;
+    if find_one(&session, ObjectClass::PRIVATE_KEY, &role.label())?.is_some() {
+        return Ok(false);
+    }
+    generate_ec_signing_key(&session, &role.label(), "generate a signing key")?;
+    Ok(true)
 }
 
 /// Creates the token, sets its PINs, and returns it with a session logged

@@ -15,7 +15,7 @@ use vault_hsm::ceremony::{self, CeremonyError, ImportOptions};
 use vault_hsm::conformance::{self, CheckResult};
 use vault_hsm::provision::{self, InitRequest, ProvisionError};
 use vault_hsm::softhsm::{self, SoftHsmDir};
-use vault_hsm::{Hsm, HsmConfig, OpenError, PinSource, Pkcs11Hsm, SecretBytes};
+use vault_hsm::{Hsm, HsmConfig, KeyRole, OpenError, PinSource, Pkcs11Hsm, SecretBytes, TokenKey};
 
 const SO_PIN: &str = "so-pin-7f3a91";
 const USER_PIN: &str = "user-pin-52c8e0";
@@ -172,6 +172,16 @@ fn run(dir: &SoftHsmDir) -> ExitCode {
             Err(ProvisionError::TokenExists { label }) if label == "node-a" => Ok(()),
             other => Err(format!("re-init of node-a gave {other:?}")),
         },
+    ));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial(
+        "keys::the_tls_key_signs_in_the_token_for_rustls",
+        move || tls_key_signs(&module, &pin_file),
+    ));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial(
+        "keys::ca_keys_are_made_on_demand_and_sign",
+        move || ca_keys(&module, &pin_file),
     ));
     let a = Arc::clone(&tokens.a);
     trials.push(trial("secrets::debug_output_is_redacted", move || {
@@ -377,4 +387,84 @@ fn missing_pin_file(module: &Path, pin_file: &Path) -> CheckResult {
         Err(e @ OpenError::Pin(_)) if e.to_string().contains("absent.pin") => Ok(()),
         other => Err(format!("missing PIN file gave {other:?}")),
     }
+}
+
+fn read_pin(pin_file: &Path) -> Result<SecretBytes, String> {
+    vault_hsm::read_pin_file(pin_file).map_err(|e| e.to_string())
+}
+
+/// The node's TLS key (made with its token) signs through PKCS#11: what it
+/// returns verifies under its public key, for the raw and DER forms and for
+/// rustls's signer; a message it did not sign does not verify.
+fn tls_key_signs(module: &Path, pin_file: &Path) -> CheckResult {
+    use p256::ecdsa::signature::Verifier;
+    let key = Arc::new(
+        TokenKey::open(module, "node-a", &read_pin(pin_file)?).map_err(|e| e.to_string())?,
+    );
+    let public = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key.public_key().0)
+        .map_err(|e| format!("public key: {e}"))?;
+    let spki = key.public_key_spki_der();
+    if !spki.ends_with(&key.public_key().0) || spki.len() != 91 {
+        return Err(format!(
+            "SPKI of {} bytes does not wrap the point",
+            spki.len()
+        ));
+    }
+    let message = b"TLS 1.3, server CertificateVerify";
+    let raw = key.sign(message).map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| e.to_string())?;
+    public
+        .verify(message, &sig)
+        .map_err(|e| format!("raw signature: {e}"))?;
+    if public.verify(b"another message", &sig).is_ok() {
+        return Err("a signature verified for a message it was not made over".into());
+    }
+    let signer = key
+        .rustls()
+        .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+        .ok_or("rustls: no signer for ECDSA P-256 SHA-256")?;
+    let der = signer.sign(message).map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::DerSignature::try_from(der.as_slice()).map_err(|e| e.to_string())?;
+    public
+        .verify(message, &sig)
+        .map_err(|e| format!("rustls signature: {e}"))?;
+    if key
+        .rustls()
+        .choose_scheme(&[rustls::SignatureScheme::ED25519])
+        .is_some()
+    {
+        return Err("the P-256 key offered to sign Ed25519".into());
+    }
+    if format!("{key:?}").contains("session") {
+        return Err(format!("Debug shows internals: {key:?}"));
+    }
+    Ok(())
+}
+
+/// A token made before CA keys lived in it gets them on demand, once; they
+/// sign, and they are not the TLS key.
+fn ca_keys(module: &Path, pin_file: &Path) -> CheckResult {
+    use p256::ecdsa::signature::Verifier;
+    let pin = read_pin(pin_file)?;
+    if TokenKey::open_role(module, "node-b", &pin, KeyRole::FleetCa("test")).is_ok() {
+        return Err("node-b has a fleet CA key it was never given".into());
+    }
+    let made = provision::ensure_signing_key(module, "node-b", &pin, KeyRole::FleetCa("test"))
+        .map_err(|e| e.to_string())?;
+    let again = provision::ensure_signing_key(module, "node-b", &pin, KeyRole::FleetCa("test"))
+        .map_err(|e| e.to_string())?;
+    if !made || again {
+        return Err(format!("made {made}, then made again {again}"));
+    }
+    let ca = TokenKey::open_role(module, "node-b", &pin, KeyRole::FleetCa("test"))
+        .map_err(|e| e.to_string())?;
+    let tls = TokenKey::open(module, "node-b", &pin).map_err(|e| e.to_string())?;
+    if ca.public_key().0 == tls.public_key().0 {
+        return Err("the CA key is the TLS key".into());
+    }
+    let der = ca.sign_der(b"tbs").map_err(|e| e.to_string())?;
+    let public = p256::ecdsa::VerifyingKey::from_sec1_bytes(&ca.public_key().0)
+        .map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::DerSignature::try_from(der.as_slice()).map_err(|e| e.to_string())?;
+    public.verify(b"tbs", &sig).map_err(|e| e.to_string())
 }

@@ -61,6 +61,9 @@ fn propose_status(e: ProposeError) -> Status {
     match e {
         ProposeError::Retryable(m) => Status::unavailable(m),
         ProposeError::Fatal(m) => Status::internal(m),
+        not_leader @ ProposeError::NotLeader { .. } => {
+            Status::failed_precondition(not_leader.to_string())
+        }
     }
 }
 
@@ -194,17 +197,29 @@ impl AdminService {
         digest: &[&[u8]],
         command: Command,
     ) -> Result<Result<vault_types::Response, CommandError>, Status> {
+        // InitFleet and SetBundle are named by what they commit, so a retry
+        // after a lost answer (another call, same bytes) gets the first
+        // answer from the dedup table instead of "epoch not next". Preload
+        // may be re-run on purpose over the same range: a fresh id each.
+        let digest = RequestDigest::of(digest);
+        let id = match command {
+            Command::Preload { .. } => RequestId(rand::random()),
+            _ => {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&digest.0[..16]);
+                RequestId(id)
+            }
+        };
         let proposal = Proposal {
-            request: Some(RequestMeta {
-                id: RequestId(rand::random()),
-                digest: RequestDigest::of(digest),
-            }),
+            request: Some(RequestMeta { id, digest }),
             at: now(),
             command,
         };
+        // On the leader only: a peer's Forward never carries an operator
+        // command, so a node's certificate alone cannot make one.
         match self
             .proposer
-            .propose(proposal)
+            .propose_here(proposal)
             .await
             .map_err(propose_status)?
         {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use vault_fleet::config::{Fleet, HsmModule, NodeConfig};
 use vault_fleet::serve::{ConnLimits, incoming};
-use vault_fleet::tls::{ClientAuth, rustls_server_config};
+use vault_fleet::tls::{ClientAuth, KeySource, TlsIdentity, rustls_server_config};
 use vault_hsm::{AsyncHsm, HsmConfig, PinSource, Pkcs11Hsm};
 use vault_proto::v1::admin_server::AdminServer;
 use vault_proto::v1::peer_server::PeerServer;
@@ -49,18 +49,24 @@ pub fn raft_config(fleet: &Fleet) -> anyhow::Result<openraft::Config> {
     Ok(config.validate()?)
 }
 
-fn open_hsm(node: &NodeConfig) -> anyhow::Result<Pkcs11Hsm> {
+/// The node's HSM, and its TLS key in it (`bkv-tls`): the node's identity
+/// on every port, which no file on its disk holds.
+fn open_hsm(node: &NodeConfig) -> anyhow::Result<(Pkcs11Hsm, Arc<vault_hsm::TokenKey>)> {
     let module = match &node.hsm.module {
         HsmModule::SoftHsm => vault_hsm::softhsm::find_module()?,
         HsmModule::Path(p) => p.clone(),
     };
     let config = HsmConfig {
-        module,
+        module: module.clone(),
         token_label: node.hsm.token_label.clone(),
         pin: PinSource::File(node.hsm.pin_file.clone()),
         sessions: node.hsm.sessions,
     };
-    Pkcs11Hsm::open(&config).with_context(|| format!("open HSM token {:?}", node.hsm.token_label))
+    let what = || format!("open HSM token {:?}", node.hsm.token_label);
+    let hsm = Pkcs11Hsm::open(&config).with_context(what)?;
+    let pin = config.pin.load().with_context(what)?;
+    let tls = vault_hsm::TokenKey::open(&module, &node.hsm.token_label, &pin).with_context(what)?;
+    Ok((hsm, Arc::new(tls)))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -87,11 +93,15 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
          attempt is committed. It exists to test the chaos checker; never deploy it"
     );
     tracing::info!(datacenter = %me.datacenter, "opening the HSM");
-    let hsm = {
+    let (hsm, tls_key) = {
         let me = me.clone();
         tokio::task::spawn_blocking(move || open_hsm(&me)).await??
     };
     let hsm = AsyncHsm::new(Arc::new(hsm));
+    let identity = TlsIdentity {
+        cert: me.tls.cert.clone(),
+        key: KeySource::Signer(tls_key.rustls()),
+    };
 
     std::fs::create_dir_all(&me.data_dir)
         .with_context(|| format!("create data dir {}", me.data_dir.display()))?;
@@ -106,11 +116,8 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     let storage_stats = sm.stats();
     tracing::info!(committed_at_start, "storage open");
 
-    let channels = PeerChannels::new(
-        me.tls.clone(),
-        fleet.tls.fleet_ca.clone(),
-        me.peer_source_ip,
-    );
+    let channels = PeerChannels::new(&identity, &fleet.tls.fleet_ca, me.peer_source_ip)
+        .context("peer TLS settings")?;
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config(&fleet)?),
@@ -161,12 +168,12 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     let limits = ConnLimits::from(&fleet.limits);
     let peer_incoming = incoming(
         bind(me.peer_bind_addr, "peer").await?,
-        rustls_server_config(&me.tls, &fleet.tls.fleet_ca, ClientAuth::Required)?,
+        rustls_server_config(&identity, &fleet.tls.fleet_ca, ClientAuth::Required)?,
         limits,
     );
     let front_incoming = incoming(
         bind(me.frontend_addr, "frontend").await?,
-        rustls_server_config(&me.tls, &fleet.tls.frontend_ca, ClientAuth::Required)?,
+        rustls_server_config(&identity, &fleet.tls.frontend_ca, ClientAuth::Required)?,
         limits,
     );
     let metrics_listener = tokio::net::TcpListener::bind(me.metrics_addr)

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ use vault_proto::v1::{RaftMessage, SnapshotChunk};
 
 use crate::TypeConfig;
 use crate::wire;
-use vault_fleet::tls::{CertFiles, client_config_for_node};
+use vault_fleet::identity::node_dns_name;
+use vault_fleet::tls::{TlsConnector, TlsIdentity, rustls_client_config};
 
 /// Size of one snapshot piece on the wire.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -52,24 +53,27 @@ pub struct PeerChannels {
 }
 
 struct ChannelsInner {
-    own: CertFiles,
-    fleet_ca: PathBuf,
+    tls: Arc<rustls::ClientConfig>,
     source_ip: Option<IpAddr>,
     channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 impl PeerChannels {
-    /// Channels that present `own`, trust the fleet CA at `fleet_ca` and
-    /// connect from `source_ip` when given.
-    pub fn new(own: CertFiles, fleet_ca: PathBuf, source_ip: Option<IpAddr>) -> PeerChannels {
-        PeerChannels {
+    /// Channels that present `own` (this node's certificate and its key in
+    /// the HSM), trust the fleet CA at `fleet_ca` and connect from
+    /// `source_ip` when given.
+    pub fn new(
+        own: &TlsIdentity,
+        fleet_ca: &Path,
+        source_ip: Option<IpAddr>,
+    ) -> Result<PeerChannels, vault_fleet::tls::TlsFileError> {
+        Ok(PeerChannels {
             inner: Arc::new(ChannelsInner {
-                own,
-                fleet_ca,
+                tls: rustls_client_config(Some(own), fleet_ca)?,
                 source_ip,
                 channels: Mutex::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// A client for node `id` at `addr` (host:port), on the channel kept
@@ -95,18 +99,22 @@ impl PeerChannels {
     }
 
     fn connect(&self, id: u64, addr: &str) -> Result<Channel, NetworkError> {
-        let tls = client_config_for_node(&self.inner.own, &self.inner.fleet_ca, id)
-            .map_err(|e| NetworkError::new(&e))?;
-        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| NetworkError::new(&e))?
-            .tls_config(tls)
-            .map_err(|e| NetworkError::new(&e))?
-            .tcp_nodelay(true)
-            .local_address(self.inner.source_ip)
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        Ok(endpoint.connect_lazy())
+        // TLS through our connector: the client key signs in the HSM, which
+        // tonic's own TLS (PEM keys only) cannot do. The server must be
+        // the node the membership names.
+        let connector = TlsConnector::new(
+            self.inner.tls.clone(),
+            &node_dns_name(id),
+            self.inner.source_ip,
+        )
+        .map_err(|e| NetworkError::new(&std::io::Error::other(e)))?;
+        connector
+            .channel(addr, |e: Endpoint| {
+                e.connect_timeout(Duration::from_secs(2))
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+            })
+            .map_err(|e| NetworkError::new(&e))
     }
 }
 

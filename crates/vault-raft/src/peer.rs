@@ -168,6 +168,12 @@ impl Peer for PeerService {
     ) -> Result<Response<ForwardReply>, Status> {
         let caller = self.gate.member_node(&req)?;
         let proposal = codec::decode_proposal(&req.into_inner().proposal).map_err(bad_message)?;
+        if let Err(why) = proposal.check_forwardable() {
+            tracing::warn!(from = caller, why, "refused a forwarded command");
+            return Err(Status::permission_denied(format!(
+                "node {caller} may not forward this command: {why}"
+            )));
+        }
         tracing::debug!(
             from = caller,
             request = ?proposal.request.map(|r| r.id),

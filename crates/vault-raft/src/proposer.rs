@@ -34,6 +34,14 @@ pub enum ProposeError {
     /// The command could not be encoded, or Raft stopped on this node.
     #[error("{0}")]
     Fatal(String),
+    /// [`Proposer::propose_here`] on a node that does not lead.
+    #[error("node {me} is not the leader; ask node {}", .leader.map_or_else(|| "<none yet>".to_owned(), |l| l.to_string()))]
+    NotLeader {
+        /// This node.
+        me: u64,
+        /// The leader it knows of.
+        leader: Option<u64>,
+    },
 }
 
 /// Something that counts forwarded commands (the node's metrics).
@@ -236,6 +244,20 @@ impl Proposer {
                 return Err(ProposeError::Retryable(last));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Commits `proposal` only if this node leads: never forwarded. For
+    /// operator commands, which a leader takes only from the operator's own
+    /// connection (a peer's `Forward` carries frontend commands only).
+    pub async fn propose_here(&self, proposal: Proposal) -> Result<Reply, ProposeError> {
+        match self.batcher.write(proposal).await {
+            Ok(reply) => Ok(reply),
+            Err(WriteError::ForwardToLeader { leader }) => Err(ProposeError::NotLeader {
+                me: self.raft.metrics().borrow().id,
+                leader: leader.map(|(l, _)| l),
+            }),
+            Err(WriteError::Fatal(e)) => Err(ProposeError::Fatal(e)),
         }
     }
 

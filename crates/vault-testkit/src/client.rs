@@ -62,29 +62,75 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Proposes commands through the peer API's Forward call, holding node
-/// `as_node`'s certificate.
+/// Proposes commands through the peer API's Forward call, holding a
+/// certificate for node `as_node`.
+///
+/// Nodes' own keys live in their HSMs, so the driver holds a certificate
+/// of its own for that node name, issued by the test fleet's CA (whose key
+/// the test owns): it is what a holder of the fleet CA key, or of a node
+/// certificate and its key, could do.
 pub struct Driver {
     fleet: vault_fleet::config::Fleet,
-    as_node: u64,
+    identity: (std::path::PathBuf, std::path::PathBuf),
     rt: tokio::runtime::Runtime,
 }
 
 impl Driver {
     /// A driver for `fleet` that speaks as node `as_node`.
     pub fn new(fleet: &TestFleet, as_node: u64) -> Driver {
+        let identity = fleet
+            .test_identity(&vault_fleet::identity::Identity::Node(as_node))
+            .expect("issue a test certificate from the fleet CA");
         Driver {
             fleet: fleet.fleet().clone(),
-            as_node,
+            identity,
             rt: runtime(),
+        }
+    }
+
+    /// A driver for `fleet` that presents `cert` and `key` (any files: a
+    /// thief's guess, say).
+    pub fn with_identity(fleet: &TestFleet, cert: &Path, key: &Path) -> Driver {
+        Driver {
+            fleet: fleet.fleet().clone(),
+            identity: (cert.to_owned(), key.to_owned()),
+            rt: runtime(),
+        }
+    }
+
+    /// Sends `proposal` once through node `to`'s Forward call: the reply,
+    /// or the status the call ended with (a refused handshake included).
+    pub fn forward_once(
+        &self,
+        to: u64,
+        proposal: &Proposal,
+    ) -> anyhow::Result<Result<Reply, tonic::Status>> {
+        let bytes = codec::encode_proposal(proposal)?;
+        let (mut client, _) = match self.peer(to) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(tonic::Status::unavailable(format!("connect: {e:#}")))),
+        };
+        match self
+            .rt
+            .block_on(client.forward(ForwardRequest { proposal: bytes }))
+        {
+            Ok(r) => Ok(Ok(codec::decode(
+                "reply",
+                codec::VALUE_V1,
+                &r.into_inner().reply,
+            )?)),
+            Err(s) => Ok(Err(s)),
         }
     }
 
     fn peer(&self, node: u64) -> anyhow::Result<(PeerClient<Channel>, std::net::SocketAddr)> {
         let f = &self.fleet;
-        let me = f.node(self.as_node).map_err(anyhow::Error::msg)?;
         let target = f.node(node).map_err(anyhow::Error::msg)?;
-        let tls = tls(&f.tls.fleet_ca, Some((&me.tls.cert, &me.tls.key)), node)?;
+        let tls = tls(
+            &f.tls.fleet_ca,
+            Some((&self.identity.0, &self.identity.1)),
+            node,
+        )?;
         let channel = self.rt.block_on(connect(target.peer_addr, Some(tls)))?;
         Ok((PeerClient::new(channel), target.peer_addr))
     }

@@ -453,6 +453,47 @@ impl TestFleet {
         )?)
     }
 
+    /// A certificate and key for `identity`, issued by this fleet's CA (the
+    /// frontend CA for frontends) with `vaultctl pki issue`, in
+    /// `<dir>/test-identities/`: the keys of nodes and the operator live in
+    /// their tokens, so a test that speaks for one holds a certificate of
+    /// its own for that name.
+    pub fn test_identity(
+        &self,
+        identity: &vault_fleet::identity::Identity,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let out = self.dir.path().join("test-identities");
+        std::fs::create_dir_all(&out)?;
+        let name = identity.dns_name();
+        let (cert, key) = (
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}.key")),
+        );
+        let (key_pem, spki) = vault_fleet::pki::new_key_pair()?;
+        vault_fleet::pki::write_file(&key, key_pem.as_bytes(), 0o600)?;
+        let public = out.join(format!("{name}.pub.pem"));
+        vault_fleet::pki::write_public_key(&public, &spki)?;
+        let who = match identity {
+            vault_fleet::identity::Identity::Node(n) => format!("node-{n}"),
+            vault_fleet::identity::Identity::Frontend(f) => format!("frontend-{f}"),
+            vault_fleet::identity::Identity::Operator => "operator".to_owned(),
+            vault_fleet::identity::Identity::Witness => {
+                anyhow::bail!("the witness has a CA of its own")
+            }
+        };
+        self.vaultctl_ok(&[
+            "pki",
+            "issue",
+            "--identity",
+            &who,
+            "--public-key",
+            &public.to_string_lossy(),
+            "--out",
+            &cert.to_string_lossy(),
+        ])?;
+        Ok((cert, key))
+    }
+
     /// A raw frontend-API client of node `id` with the `test` frontend
     /// certificate, connected now.
     pub async fn frontend(

@@ -71,7 +71,8 @@ impl Template {
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
              snapshot_after_logs = {}\nkeep_logs_after_snapshot = {}\n\n[tls]\n\
              fleet_ca = \"pki/fleet-ca.pem\"\nfrontend_ca = \"pki/frontend-ca.pem\"\n\
-             operator_cert = \"pki/operator.pem\"\noperator_key = \"pki/operator.key\"\n",
+             operator_cert = \"pki/operator.pem\"\n\
+             operator_token = {{ softhsm_dir = \"hsm/operator\", token_label = \"operator\", pin_file = \"secrets/operator.user.pin\" }}\n",
             timers.0, timers.1, timers.2, spec.snapshot_after_logs, spec.keep_logs_after_snapshot
         );
         if !spec.limits.is_empty() {
@@ -85,7 +86,7 @@ impl Template {
                  frontend_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
                  data_dir = \"node-{n}/data\"\nbootstrap = {}\n\
                  hsm = {{ module = \"softhsm\", softhsm_dir = \"hsm/node-{n}\", token_label = \"node-{n}\", pin_file = \"secrets/node-{n}.user.pin\", sessions = 2 }}\n\
-                 tls = {{ cert = \"pki/node-{n}.pem\", key = \"pki/node-{n}.key\" }}\n",
+                 tls = {{ cert = \"pki/node-{n}.pem\" }}\n",
                 ports[i],
                 ports[i + 1],
                 ports[i + 2],

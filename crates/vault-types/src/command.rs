@@ -113,6 +113,52 @@ pub struct Proposal {
     pub command: Command,
 }
 
+impl Proposal {
+    /// Whether a peer may forward this proposal to the leader (`Peer.Forward`):
+    /// only what a frontend call produces on a follower, well-formed.
+    ///
+    /// - A request id must be present (every frontend command has one; it
+    ///   makes the command idempotent and its reply findable).
+    /// - `Register` with a budget of at least one attempt and a sealed
+    ///   record; `BeginAttempt`; `FinishAttempt` of a real generation (≥ 1);
+    ///   `Delete`.
+    /// - Operator commands (`InitFleet`, `SetBundle`, `Preload`) are never
+    ///   forwarded: the leader takes them from the operator's own
+    ///   connection, authenticated by the operator's certificate (whose key
+    ///   is in the operator's token), so a node's certificate cannot make
+    ///   one. Membership changes are not commands at all (admin API, on the
+    ///   leader).
+    pub fn check_forwardable(&self) -> Result<(), &'static str> {
+        if self.request.is_none() {
+            return Err("a forwarded command must carry a request id");
+        }
+        match &self.command {
+            Command::Register {
+                sealed_record,
+                max_attempts,
+                ..
+            } => {
+                if *max_attempts == 0 {
+                    return Err("a forwarded Register must allow at least one attempt");
+                }
+                if sealed_record.0.is_empty() {
+                    return Err("a forwarded Register must carry a sealed record");
+                }
+                Ok(())
+            }
+            Command::FinishAttempt { generation, .. } if generation.0 == 0 => {
+                Err("a forwarded FinishAttempt must name the generation it finishes")
+            }
+            Command::BeginAttempt { .. }
+            | Command::FinishAttempt { .. }
+            | Command::Delete { .. } => Ok(()),
+            Command::InitFleet { .. } | Command::SetBundle { .. } | Command::Preload { .. } => Err(
+                "operator commands are committed on the leader from the operator's connection, never forwarded by a peer",
+            ),
+        }
+    }
+}
+
 /// One Raft log entry's payload: proposals the leader commits together, in
 /// order (one log write, one fsync and one replication round for all of
 /// them). Each keeps its own request id and gets its own reply; the state
@@ -125,3 +171,67 @@ pub struct Batch(pub Vec<Proposal>);
 
 /// The most proposals one log entry carries.
 pub const MAX_BATCH: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(request: bool, command: Command) -> Result<(), &'static str> {
+        Proposal {
+            request: request.then_some(RequestMeta {
+                id: RequestId([1; 16]),
+                digest: RequestDigest([2; 32]),
+            }),
+            at: Timestamp(0),
+            command,
+        }
+        .check_forwardable()
+    }
+
+    fn user() -> UserId {
+        UserId::new("alice").unwrap()
+    }
+
+    #[test]
+    fn a_peer_forwards_only_well_formed_frontend_commands() {
+        let register = |max_attempts, sealed: Vec<u8>| Command::Register {
+            user: user(),
+            expected_generation: Generation(0),
+            sealed_record: SealedBytes(sealed),
+            max_attempts,
+        };
+        let finish = |g| Command::FinishAttempt {
+            user: user(),
+            generation: Generation(g),
+            success: true,
+        };
+        for ok in [
+            register(10, vec![1]),
+            Command::BeginAttempt { user: user() },
+            finish(1),
+            Command::Delete { user: user() },
+        ] {
+            assert_eq!(forwarded(true, ok.clone()), Ok(()), "{ok:?}");
+            assert!(forwarded(false, ok).is_err(), "no request id");
+        }
+        for bad in [register(0, vec![1]), register(10, vec![]), finish(0)] {
+            assert!(forwarded(true, bad).is_err());
+        }
+        for operator in [
+            Command::SetBundle {
+                bundle: vec![1],
+                epoch: u64::MAX,
+            },
+            Command::Preload { first: 0, count: 1 },
+            Command::InitFleet {
+                fleet_id: FleetId::new("f").unwrap(),
+                sealed_server_setup: SealedBytes(vec![1]),
+                sealed_hpke_key: SealedBytes(vec![1]),
+                max_attempts_cap: 10,
+            },
+        ] {
+            let why = forwarded(true, operator).unwrap_err();
+            assert!(why.contains("operator"), "{why}");
+        }
+    }
+}

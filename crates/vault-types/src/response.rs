@@ -90,9 +90,11 @@ pub enum CommandError {
     /// The request id was used before with a different request body.
     #[error("the request id was used before for a different request")]
     RequestIdReused,
-    /// A bundle's epoch did not grow.
-    #[error("bundle epoch {given} does not exceed the current epoch {current}")]
-    EpochNotIncreasing {
+    /// A bundle's epoch is not the one after the current one.
+    #[error(
+        "bundle epoch {given} does not follow the current epoch {current} (the next is current + 1)"
+    )]
+    EpochNotNext {
         /// The current epoch.
         current: u64,
         /// The one offered.

@@ -82,6 +82,20 @@ pub enum SubmitError {
         /// Submitted.
         got: u64,
     },
+    /// The epoch skips ahead: each epoch of a fleet is the one after the
+    /// last logged (the first is 1), so no bundle can leave the chain
+    /// without a next (an epoch of `u64::MAX` strands every pinned app).
+    #[error(
+        "fleet {fleet:?}: epoch {got} does not follow the logged epoch {last} (the next is {last} + 1)"
+    )]
+    EpochGap {
+        /// The fleet.
+        fleet: String,
+        /// Latest logged (0: none).
+        last: u64,
+        /// Submitted.
+        got: u64,
+    },
     /// The bundle does not name the previous bundle's digest.
     #[error(
         "fleet {fleet:?}: previous_digest does not match the last logged bundle (epoch {last}); expected {expected}"
@@ -247,6 +261,11 @@ impl WitnessLog {
                 last: 0,
                 expected: hex::encode([0u8; 32]),
             }),
+            None if b.epoch != 1 => Err(SubmitError::EpochGap {
+                fleet: b.fleet_id,
+                last: 0,
+                got: b.epoch,
+            }),
             None => Ok(b),
             Some(&(last, _)) if b.epoch == last => Err(SubmitError::Equivocation {
                 fleet: b.fleet_id,
@@ -257,6 +276,13 @@ impl WitnessLog {
                 last,
                 got: b.epoch,
             }),
+            Some(&(last, _)) if Some(b.epoch) != last.checked_add(1) => {
+                Err(SubmitError::EpochGap {
+                    fleet: b.fleet_id,
+                    last,
+                    got: b.epoch,
+                })
+            }
             Some(&(last, digest)) if b.previous_digest != digest => Err(SubmitError::BrokenChain {
                 fleet: b.fleet_id,
                 last,

@@ -115,6 +115,19 @@ fn rules_refuse_rollback_equivocation_and_broken_chains() {
             ..
         })
     ));
+    // An epoch that skips ahead, u64::MAX above all, is refused.
+    for got in [4, u64::MAX] {
+        let mut gap = Bundle::parse(&b[2]).expect("parse");
+        gap.epoch = got;
+        assert_eq!(
+            log.append(&gap.encode().expect("encode"), 6),
+            Err(SubmitError::EpochGap {
+                fleet: gap.fleet_id.clone(),
+                last: 2,
+                got,
+            })
+        );
+    }
     let mut skip = Bundle::parse(&b[2]).expect("parse");
     skip.previous_digest = [7; 32];
     assert!(matches!(

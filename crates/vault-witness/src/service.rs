@@ -173,7 +173,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use vault_fleet::serve::{ConnLimits, incoming};
     use vault_fleet::tls::{ClientAuth, rustls_server_config};
-    let config = rustls_server_config(tls, operator_ca, ClientAuth::Optional)?;
+    // The witness is its own party: its TLS key, like its signing key, is a
+    // file of its host (docs/THREAT-MODEL.md).
+    let identity = vault_fleet::tls::TlsIdentity::files(&tls.cert, &tls.key);
+    let config = rustls_server_config(&identity, operator_ca, ClientAuth::Optional)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;

@@ -45,9 +45,7 @@ pub(super) async fn fleet_keys(admin: &Admin) -> anyhow::Result<vault_proto::v1:
 }
 
 pub(super) async fn evidence(a: EvidenceArgs) -> anyhow::Result<ExitCode> {
-    let admin = Admin {
-        fleet: a.fleet.load()?,
-    };
+    let admin = Admin::open(a.fleet.load()?)?;
     let keys = fleet_keys(&admin).await?;
     if keys.signed_bundle.is_empty() {
         bail!("the fleet has no signed bundle yet; run `vaultctl fleet publish-keys` first");

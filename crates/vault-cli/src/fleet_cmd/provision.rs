@@ -1,7 +1,10 @@
 //! `vaultctl fleet provision`: everything a fleet file's nodes need before
 //! their first start, in one idempotent command: PIN files, one SoftHSM
 //! token per node (the fleet KEK made on the first node and copied to the
-//! others by ceremony), the operator's token, and every certificate.
+//! others by ceremony; each with its TLS key), the operator's token (the
+//! bundle-signing key and the operator's TLS key), the TLS public keys
+//! exported from the tokens, and every certificate, issued for those keys
+//! (no node or operator key file exists).
 //!
 //! `scripts/fleet.sh up` and the test harness (`vault-testkit`) both call
 //! it, so there is one provisioning sequence. It keeps what exists: run it
@@ -52,14 +55,45 @@ impl Token {
         })
     }
 
-    fn operator(fleet_dir: &Path, label: &str) -> Token {
-        Token {
+    fn operator(fleet: &Fleet) -> anyhow::Result<Token> {
+        let t = &fleet.tls.operator.token;
+        let dir = match (&t.module, &t.softhsm_dir) {
+            (HsmModule::SoftHsm, Some(dir)) => dir.clone(),
+            _ => bail!(
+                "tls.operator_token: `fleet provision` makes SoftHSM tokens only; provision a hardware token with `vaultctl hsm init --operator` and `vaultctl hsm tls-key` by hand"
+            ),
+        };
+        let secrets = t
+            .pin_file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        Ok(Token {
             what: "operator".to_owned(),
-            label: label.to_owned(),
-            dir: fleet_dir.join("hsm/operator"),
-            so_pin: fleet_dir.join("secrets/operator.so.pin"),
-            user_pin: fleet_dir.join("secrets/operator.user.pin"),
-        }
+            label: t.token_label.clone(),
+            dir,
+            so_pin: secrets.join(format!("{}.so.pin", t.token_label)),
+            user_pin: t.pin_file.clone(),
+        })
+    }
+
+    /// Makes sure the token has its TLS key and exports the public key to
+    /// `out` (for the certificate).
+    fn export_tls_key(&self, out: &Path) -> anyhow::Result<()> {
+        vaultctl(
+            &format!("export {}'s TLS public key", self.what),
+            &[
+                "hsm".as_ref(),
+                "tls-key".as_ref(),
+                "--softhsm-dir".as_ref(),
+                self.dir.as_os_str(),
+                "--label".as_ref(),
+                self.label.as_ref(),
+                "--user-pin-file".as_ref(),
+                self.user_pin.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+        )
     }
 
     /// Whether the token directory holds a token already.
@@ -107,10 +141,22 @@ fn new_pin(path: &Path) -> anyhow::Result<()> {
 
 /// Runs `vaultctl ARGS…` as a child and fails with its step's name.
 fn vaultctl(what: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    child(what, args, false)
+}
+
+/// Like [`vaultctl`], letting the child's messages through.
+fn vaultctl_echo(what: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    child(what, args, true)
+}
+
+fn child(what: &str, args: &[&std::ffi::OsStr], echo: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("find the vaultctl executable")?;
-    let out = std::process::Command::new(exe)
-        .args(args)
-        .stdin(std::process::Stdio::null())
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    if echo {
+        cmd.stderr(std::process::Stdio::inherit());
+    }
+    let out = cmd
         .output()
         .with_context(|| format!("run `vaultctl` to {what}"))?;
     if !out.status.success() {
@@ -219,13 +265,41 @@ pub(super) fn provision(a: ProvisionArgs) -> anyhow::Result<ExitCode> {
         fleet_dir.display()
     );
     let made = node_tokens(&fleet)?;
-    let operator = Token::operator(&fleet_dir, &a.operator_label);
+    let operator = Token::operator(&fleet)?;
     if !operator.exists() {
         operator.ensure_pins()?;
         init_token(&operator, &["--operator"])?;
     }
-    eprintln!("issuing certificates (existing ones are kept)");
-    crate::cluster_cmd::issue_certificates(&fleet, a.frontends)?;
+    // The certificates name keys that never leave the tokens: export each
+    // public key next to the certificate it goes into.
+    let pki = fleet
+        .tls
+        .fleet_ca
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    std::fs::create_dir_all(&pki).with_context(|| format!("create {}", pki.display()))?;
+    eprintln!("exporting the TLS public keys of the tokens");
+    for n in fleet.nodes.values() {
+        Token::of_node(n)?.export_tls_key(&pki.join(vault_fleet::pki::files::node(n.id).1))?;
+    }
+    operator.export_tls_key(&pki.join(vault_fleet::pki::files::OPERATOR_PUBLIC))?;
+    eprintln!(
+        "issuing certificates with the CA keys on the operator token (current ones are kept)"
+    );
+    // --replace: the public keys were just exported from the tokens by this
+    // very command, so a changed one is a token made again, not a swap.
+    let mut args: Vec<std::ffi::OsString> = vec!["pki".into(), "init".into(), "--replace".into()];
+    args.extend(a.fleet.to_args());
+    for f in &a.frontends {
+        args.extend(["--frontend".into(), f.into()]);
+    }
+    vaultctl_echo(
+        "issue the certificates",
+        &args
+            .iter()
+            .map(std::ffi::OsString::as_os_str)
+            .collect::<Vec<_>>(),
+    )?;
     eprintln!(
         "provisioned: {made} new node token(s), {} kept; operator token in {}",
         nodes - made,

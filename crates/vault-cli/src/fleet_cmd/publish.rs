@@ -21,7 +21,7 @@ use crate::user_cmd::read_pins;
 pub(super) async fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let fleet = a.fleet.load()?;
     let dir = a.fleet.fleet_dir();
-    let admin = Admin { fleet };
+    let admin = Admin::open(fleet)?;
     let keys = fleet_keys(&admin).await?;
     let current = if keys.signed_bundle.is_empty() {
         None
@@ -35,16 +35,17 @@ pub(super) async fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let pins_path = a.pins.clone().unwrap_or_else(|| dir.join("pins.json"));
     let pins = read_pins(&pins_path)?;
 
-    let module = match &a.module {
-        Some(m) => m.clone(),
-        None => softhsm::find_module()?,
+    let token = admin.fleet.tls.operator.token.clone();
+    let module = match &token.module {
+        vault_fleet::config::HsmModule::SoftHsm => softhsm::find_module()?,
+        vault_fleet::config::HsmModule::Path(p) => p.clone(),
     };
-    let pin_file = a
-        .operator_pin_file
-        .clone()
-        .unwrap_or_else(|| dir.join("secrets/operator.user.pin"));
-    let operator = OperatorKey::open(&module, &a.operator_label, &read_pin_file(&pin_file)?)
-        .with_context(|| format!("open the operator token {:?}", a.operator_label))?;
+    let operator = OperatorKey::open(
+        &module,
+        &token.token_label,
+        &read_pin_file(&token.pin_file)?,
+    )
+    .with_context(|| format!("open the operator token {:?}", token.token_label))?;
     let pinned_operator = Pins::new(pins.witness().as_bytes(), &operator.public_key().0)
         .context("the operator token's key")?;
     if pinned_operator != pins {
@@ -104,7 +105,7 @@ pub(super) async fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
         next.nodes.len(),
         a.witness.witness
     );
-    let mut witness = a.witness.connect(&dir, Some(&admin.fleet.tls.operator))?;
+    let mut witness = a.witness.connect(&dir, Some(&admin.identity))?;
     let (bytes, reply) = match witness
         .submit(SubmitRequest {
             bundle: bytes.clone(),

@@ -18,6 +18,9 @@ pub(crate) const ATTESTATION_LABEL: &str = "bkv-attestation";
 /// The operator's bundle-signing key pair (on an operator token only).
 pub(crate) const OPERATOR_LABEL: &str = "bkv-operator";
 pub(crate) const TRANSPORT_LABEL: &str = "bkv-transport";
+/// The TLS identity key pair (node tokens and the operator token).
+pub(crate) const TLS_LABEL: &str = "bkv-tls";
+
 pub(crate) const PEER_TRANSPORT_LABEL: &str = "bkv-transport-peer";
 
 /// Associated data of the KEK check value: AES-GCM with an all-zero IV over
@@ -217,10 +220,26 @@ pub(crate) fn describe_all(session: &Session) -> Result<Vec<KeyAttributes>, Devi
         (ATTESTATION_LABEL, "attestation"),
         (TRANSPORT_LABEL, "transport"),
         (OPERATOR_LABEL, "operator"),
+        (TLS_LABEL, "tls"),
     ] {
         if let Some(handle) = find_one(session, ObjectClass::PRIVATE_KEY, label)? {
             keys.push(describe(session, handle, role)?);
         }
+    }
+    // CA keys, one pair per fleet the operator token serves.
+    let private = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .map_err(|e| DeviceError::from_cryptoki("find keys", e))?;
+    for handle in private {
+        let label = label_of(session, handle)?;
+        let role = if label.starts_with(crate::token_key::FLEET_CA_PREFIX) {
+            "fleet-ca"
+        } else if label.starts_with(crate::token_key::FRONTEND_CA_PREFIX) {
+            "frontend-ca"
+        } else {
+            continue;
+        };
+        keys.push(describe(session, handle, role)?);
     }
     Ok(keys)
 }

@@ -20,7 +20,7 @@ use crate::report::KeyReport;
 use crate::secret::SecretBytes;
 
 pub(crate) mod keys;
-mod pool;
+pub(crate) mod pool;
 pub(crate) mod token;
 
 use keys::{ATTESTATION_LABEL, find_keks, find_one};

@@ -61,6 +61,8 @@ pub fn propose_failed(e: ProposeError) -> Status {
     match e {
         ProposeError::Retryable(m) => unavailable(m),
         ProposeError::Fatal(m) => internal(m),
+        // Frontend commands are forwarded, never proposed here only.
+        e @ ProposeError::NotLeader { .. } => unavailable(e.to_string()),
     }
 }
 
