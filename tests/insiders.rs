@@ -4,7 +4,10 @@
 //! - a **disk thief** holding a copy of every file of the fleet directory
 //!   and a node's data directory, but no session on any HSM;
 //! - a **member certificate** (a node's name, signed by the fleet CA) used
-//!   to forward commands a frontend call never produces.
+//!   to forward commands a frontend call never produces;
+//! - an **operator restoring old data**: every node's data directory put
+//!   back to a copy taken before a user's attempts were spent (or one
+//!   node's, alone).
 //!
 //! The second is a narrowing, not a wall: Raft is not Byzantine fault
 //! tolerant, and a member certificate can still send `AppendEntries` under
@@ -12,7 +15,7 @@
 //! that getting one now takes the member's HSM.
 //!
 //! Each test states the measure it checks: "no state change without the
-//! right credential".
+//! right credential", or "password guesses ≤ attempts committed".
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +41,18 @@ fn main() -> ExitCode {
         (
             "a_member_certificate_cannot_forward_operator_or_malformed_commands",
             a_member_certificate_cannot_forward_operator_or_malformed_commands,
+        ),
+        (
+            "old_disks_on_every_node_do_not_bring_attempts_back",
+            old_disks_on_every_node_do_not_bring_attempts_back,
+        ),
+        (
+            "a_node_restored_alone_catches_up_and_serves_the_current_counters",
+            a_node_restored_alone_catches_up_and_serves_the_current_counters,
+        ),
+        (
+            "a_restored_node_does_not_follow_a_leader_of_a_term_it_left",
+            a_restored_node_does_not_follow_a_leader_of_a_term_it_left,
         ),
     ];
     vault_testkit::run_fleet_tests(3, tests)
@@ -327,6 +342,256 @@ fn a_member_certificate_cannot_forward_operator_or_malformed_commands(
         ensure!(
             log.contains("refused a forwarded command"),
             "the leader did not log the refusals"
+        );
+        Ok(())
+    })();
+    fleet.with_logs(result)
+}
+
+/// Every node's data directory.
+fn data_dirs(fleet: &TestFleet) -> Vec<(u64, PathBuf)> {
+    fleet
+        .fleet()
+        .nodes
+        .values()
+        .map(|n| (n.id, n.data_dir.clone()))
+        .collect()
+}
+
+/// Stops `ids` gracefully.
+fn stop(fleet: &mut TestFleet, ids: &[u64]) -> TestResult {
+    for &id in ids {
+        fleet.terminate(id, Duration::from_secs(20))?;
+    }
+    Ok(())
+}
+
+/// Puts the copy in `from` back as node `id`'s data directory.
+fn restore(fleet: &TestFleet, id: u64, from: &Path) -> TestResult {
+    let dir = fleet
+        .fleet()
+        .node(id)
+        .map_err(anyhow::Error::msg)?
+        .data_dir
+        .clone();
+    std::fs::remove_dir_all(&dir)?;
+    copy_tree(from, &dir, &[])?;
+    Ok(())
+}
+
+/// Spends every attempt of `user` with wrong passwords, until it locks.
+fn lock_out(
+    rt: &tokio::runtime::Runtime,
+    client: &vault_client::Client,
+    user: &UserId,
+) -> TestResult {
+    for _ in 0..10 {
+        match rt.block_on(client.recover(user, b"wrong")) {
+            Err(vault_client::ClientError::WrongPassword { .. }) => {}
+            Err(vault_client::ClientError::Locked) => return Ok(()),
+            other => anyhow::bail!("a wrong password gave {other:?}"),
+        }
+    }
+    anyhow::bail!("{user} never locked")
+}
+
+/// The operator restores every node's data directory from a copy taken
+/// while a user still had a full budget, after the user was locked out.
+/// Before issue 21 the fleet came back with the old counters: a fresh
+/// budget of guesses. Now every node is behind its HSM checkpoint, none
+/// votes or serves, and the fleet halts: the user never gets a KE2. Then
+/// the documented way out (`--accept-rollback` on every node) brings the
+/// old state back, counted in each node's checkpoint and shown by status.
+fn old_disks_on_every_node_do_not_bring_attempts_back(template: &Template) -> TestResult {
+    let mut fleet = started(template)?;
+    let result = (|| -> TestResult {
+        let rt = vault_testkit::client::runtime();
+        let _entered = rt.enter();
+        let client = fleet.client()?.with_deadline(Duration::from_secs(20));
+        let victim = UserId::new("rollback-victim")?;
+        rt.block_on(client.register(&victim, b"right", 3))?;
+        // A copy of every disk while the budget is full (nodes stopped, as
+        // a backup tool would do it, so the copy is consistent).
+        stop(&mut fleet, &[1, 2, 3])?;
+        let backup = tempfile::tempdir()?;
+        for (id, dir) in data_dirs(&fleet) {
+            copy_tree(&dir, &backup.path().join(id.to_string()), &[])?;
+        }
+        fleet.start_all(1..=3)?;
+        fleet.wait_converged(CONVERGE)?;
+        lock_out(&rt, &client, &victim)?;
+        // The restore.
+        stop(&mut fleet, &[1, 2, 3])?;
+        for id in 1..=3 {
+            restore(&fleet, id, &backup.path().join(id.to_string()))?;
+        }
+        fleet.start_all(1..=3)?;
+        // For as long as a fleet takes to elect and serve (a few election
+        // timeouts), and then some: no recovery, right password or not.
+        let short = fleet.client()?.with_deadline(Duration::from_secs(2));
+        let until = std::time::Instant::now() + Duration::from_secs(12);
+        while std::time::Instant::now() < until {
+            if let Ok(k) = rt.block_on(short.recover(&victim, b"right")) {
+                anyhow::bail!(
+                    "the restored disks gave {victim} a fresh budget: the right password recovered K ({} bytes) after the lockout",
+                    k.len()
+                );
+            }
+        }
+        let status = fleet.status()?;
+        for id in 1..=3u64 {
+            let n = vault_testkit::node_status(&status, id)
+                .with_context(|| format!("node {id} in status: {status:#}"))?;
+            ensure!(
+                n["ready"] == false
+                    && n["not_ready_reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("behind its HSM checkpoint")),
+                "node {id} does not say it is behind its checkpoint: {n:#}"
+            );
+            ensure!(
+                n["leader_id"].as_u64().unwrap_or(0) == 0 || n["role"] != "leader",
+                "node {id} leads on a restored disk: {n:#}"
+            );
+            ensure!(
+                fleet.log(id).contains("BEHIND THE HSM CHECKPOINT"),
+                "node {id} did not log why it waits"
+            );
+        }
+        // The operator's way out: accept the old state on every node.
+        stop(&mut fleet, &[1, 2, 3])?;
+        for id in 1..=3 {
+            fleet.start_with(id, &["--accept-rollback"])?;
+        }
+        let status = fleet.wait_converged(CONVERGE)?;
+        for id in 1..=3u64 {
+            let n = vault_testkit::node_status(&status, id).context("status")?;
+            ensure!(
+                n["checkpoint_resets"] == 1,
+                "node {id} does not report its reset: {n:#}"
+            );
+            ensure!(fleet.log(id).contains("ACCEPTING A ROLLBACK"));
+        }
+        // That is what the operator accepted: the copy's state, full budget
+        // included.
+        ensure!(
+            rt.block_on(client.recover(&victim, b"right")).is_ok(),
+            "after --accept-rollback the fleet should serve the restored state"
+        );
+        Ok(())
+    })();
+    fleet.with_logs(result)
+}
+
+/// One node's disk restored alone: it starts behind its checkpoint, takes
+/// what it lost from the leader, and then serves the current counters
+/// (the user stays locked), never the old ones.
+fn a_node_restored_alone_catches_up_and_serves_the_current_counters(
+    template: &Template,
+) -> TestResult {
+    let mut fleet = started(template)?;
+    let result = (|| -> TestResult {
+        let rt = vault_testkit::client::runtime();
+        let _entered = rt.enter();
+        let client = fleet.client()?.with_deadline(Duration::from_secs(20));
+        let victim = UserId::new("lone-rollback")?;
+        rt.block_on(client.register(&victim, b"right", 3))?;
+        fleet.wait_converged(CONVERGE)?;
+        stop(&mut fleet, &[3])?;
+        let backup = tempfile::tempdir()?;
+        let dir3 = fleet
+            .fleet()
+            .node(3)
+            .map_err(anyhow::Error::msg)?
+            .data_dir
+            .clone();
+        copy_tree(&dir3, backup.path(), &[])?;
+        fleet.start(3)?;
+        fleet.wait_converged(CONVERGE)?;
+        lock_out(&rt, &client, &victim)?;
+        fleet.wait_converged(CONVERGE)?;
+        stop(&mut fleet, &[3])?;
+        restore(&fleet, 3, backup.path())?;
+        fleet.start(3)?;
+        let status = fleet.wait_converged(CONVERGE)?;
+        ensure!(
+            fleet.log(3).contains("BEHIND THE HSM CHECKPOINT")
+                && fleet.log(3).contains("caught up past the HSM checkpoint"),
+            "node 3 did not start behind and catch up"
+        );
+        let n3 = vault_testkit::node_status(&status, 3).context("status")?;
+        ensure!(n3["checkpoint_resets"] == 0, "{n3:#}");
+        let reply = rt.block_on(async {
+            let mut c = fleet.frontend(3).await?;
+            anyhow::Ok(
+                c.status(vault_proto::v1::UserStatusRequest {
+                    user_id: victim.as_str().into(),
+                })
+                .await?
+                .into_inner(),
+            )
+        })?;
+        ensure!(
+            reply.state == vault_proto::v1::user_status_reply::State::Locked as i32,
+            "node 3 serves {victim} as {reply:?} after catching up; the fleet has it locked"
+        );
+        Ok(())
+    })();
+    fleet.with_logs(result)
+}
+
+/// Found in review: a restored node must not follow a leader of a term it
+/// had already left. Z leads; a copy of follower A's disk is taken (its
+/// vote: Z's term); Z stops, A and L carry on under a later term and lock
+/// the user out; A's old disk is put back and only Z and A start. Z's own
+/// disk is as current as its checkpoint, so openraft makes it leader of
+/// its old term again at once, and A's restored vote accepts that term:
+/// together a majority, serving Z's old counters. With the HSM's vote put
+/// back on A's disk, A refuses the old term and the fleet halts.
+fn a_restored_node_does_not_follow_a_leader_of_a_term_it_left(template: &Template) -> TestResult {
+    let mut fleet = started(template)?;
+    let result = (|| -> TestResult {
+        let rt = vault_testkit::client::runtime();
+        let _entered = rt.enter();
+        let client = fleet.client()?.with_deadline(Duration::from_secs(20));
+        let victim = UserId::new("stale-leader-victim")?;
+        rt.block_on(client.register(&victim, b"right", 3))?;
+        fleet.wait_converged(CONVERGE)?;
+        let z = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
+        let others: Vec<u64> = (1..=3).filter(|&i| i != z).collect();
+        let (a, l) = (others[0], others[1]);
+        stop(&mut fleet, &[a])?;
+        let backup = tempfile::tempdir()?;
+        let dir_a = fleet
+            .fleet()
+            .node(a)
+            .map_err(anyhow::Error::msg)?
+            .data_dir
+            .clone();
+        copy_tree(&dir_a, backup.path(), &[])?;
+        fleet.start(a)?;
+        fleet.wait_converged(CONVERGE)?;
+        // Z leaves; A and L go on under a later term.
+        stop(&mut fleet, &[z])?;
+        fleet.wait_leader(&[a, l], CONVERGE)?;
+        lock_out(&rt, &client, &victim)?;
+        stop(&mut fleet, &[a, l])?;
+        restore(&fleet, a, backup.path())?;
+        fleet.start(z)?;
+        fleet.start(a)?;
+        let short = fleet.client()?.with_deadline(Duration::from_secs(2));
+        let until = std::time::Instant::now() + Duration::from_secs(12);
+        while std::time::Instant::now() < until {
+            if let Ok(k) = rt.block_on(short.recover(&victim, b"right")) {
+                anyhow::bail!(
+                    "node {z}, leading its old term again, and node {a} on its restored disk gave {victim} a fresh budget: the right password recovered K ({} bytes) after the lockout",
+                    k.len()
+                );
+            }
+        }
+        ensure!(
+            fleet.log(a).contains("BEHIND THE HSM CHECKPOINT"),
+            "node {a} did not notice its restored disk"
         );
         Ok(())
     })();

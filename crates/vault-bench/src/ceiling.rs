@@ -1,6 +1,7 @@
 //! This machine's single-core ceilings, measured before a run with
 //! `--ceiling`: OPAQUE server logins per second (the protocol's CPU cost)
-//! and SoftHSM unseals per second (in a throwaway token).
+//! and SoftHSM unseals and anti-rollback checkpoint writes per second (in
+//! a throwaway token).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ pub struct Ceiling {
     pub opaque_logins_per_s: f64,
     /// SoftHSM unseals per second on one core.
     pub hsm_unseals_per_s: f64,
+    /// SoftHSM anti-rollback checkpoint writes per second (each a new
+    /// token object and the old one destroyed: files in the token dir).
+    pub checkpoint_writes_per_s: f64,
 }
 
 /// Measures both ceilings (about four seconds), the HSM one in a throwaway
@@ -23,11 +27,17 @@ pub struct Ceiling {
 pub fn measure(dir: &SoftHsmDir) -> anyhow::Result<Ceiling> {
     eprintln!("measuring the single-core OPAQUE server ceiling (2 s)…");
     let opaque_logins_per_s = opaque_ceiling()?;
-    eprintln!("measuring single-core SoftHSM unseals (2 s, a throwaway token)…");
-    let hsm_unseals_per_s = hsm_ceiling(dir).context("HSM ceiling")?;
+    eprintln!(
+        "measuring single-core SoftHSM unseals and checkpoint writes (2 s each, a throwaway token)…"
+    );
+    let (hsm_unseals_per_s, checkpoint_writes_per_s) = hsm_ceiling(dir).context("HSM ceiling")?;
+    eprintln!(
+        "ceiling: {opaque_logins_per_s:.0} OPAQUE logins/s, {hsm_unseals_per_s:.0} unseals/s, {checkpoint_writes_per_s:.0} checkpoint writes/s on one core"
+    );
     Ok(Ceiling {
         opaque_logins_per_s,
         hsm_unseals_per_s,
+        checkpoint_writes_per_s,
     })
 }
 
@@ -92,9 +102,10 @@ fn opaque_ceiling() -> anyhow::Result<f64> {
 }
 
 /// Single-core SoftHSM unseals per second (AES-256-GCM of a stored
-/// record's size under a fresh KEK), measured for about two seconds in a
+/// record's size under a fresh KEK) and checkpoint writes per second (a
+/// node's mark-sized payload), each measured for about two seconds in a
 /// throwaway token in `dir`.
-fn hsm_ceiling(dir: &SoftHsmDir) -> anyhow::Result<f64> {
+fn hsm_ceiling(dir: &SoftHsmDir) -> anyhow::Result<(f64, f64)> {
     use std::os::unix::fs::PermissionsExt;
     use vault_hsm::provision::{InitRequest, init_token};
     use vault_hsm::{Hsm, HsmConfig, PinSource, Pkcs11Hsm, SecretBytes};
@@ -117,7 +128,7 @@ fn hsm_ceiling(dir: &SoftHsmDir) -> anyhow::Result<f64> {
     std::fs::write(&pin_file, user_pin.expose())?;
     std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
     let hsm = Pkcs11Hsm::open(&HsmConfig {
-        module,
+        module: module.clone(),
         token_label: label.to_owned(),
         pin: PinSource::File(pin_file),
         sessions: 1,
@@ -130,8 +141,22 @@ fn hsm_ceiling(dir: &SoftHsmDir) -> anyhow::Result<f64> {
         hsm.unseal(aad, &blob)?;
         n += 1;
     }
-    Ok(n as f64 / wall.elapsed().as_secs_f64())
+    let unseals = n as f64 / wall.elapsed().as_secs_f64();
+    let store = vault_hsm::CheckpointStore::open(&module, label, &user_pin)?;
+    let mut payload = [0u8; CHECKPOINT_PAYLOAD_LEN];
+    let mut n = 0u64;
+    let wall = Instant::now();
+    while wall.elapsed() < Duration::from_secs(2) {
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        store.write(&payload)?;
+        n += 1;
+    }
+    Ok((unseals, n as f64 / wall.elapsed().as_secs_f64()))
 }
+
+/// About the size of an encoded checkpoint mark (vote, last log id,
+/// applied log id and state digest).
+const CHECKPOINT_PAYLOAD_LEN: usize = 96;
 
 /// About the plaintext size of a stored user record (what RecoverStart
 /// unseals).

@@ -25,7 +25,7 @@ fn metrics_page(addr: &std::net::SocketAddr) -> Option<String> {
 pub struct Counters {
     /// By node id: (synced writes, log entries appended, log appends,
     /// batches applied, proposals applied).
-    pub storage: BTreeMap<u64, [f64; 5]>,
+    pub storage: BTreeMap<u64, [f64; 6]>,
     /// Calls served, by method (`Frontend/RecoverStart`,
     /// `Peer/AppendEntries`, ...), summed over the nodes and outcomes.
     pub rpcs: BTreeMap<String, f64>,
@@ -56,6 +56,7 @@ pub fn counters(fleet: &Fleet) -> Counters {
                 value("bkv_storage_log_appends{"),
                 value("bkv_raft_batches_applied{"),
                 value("bkv_raft_proposals_applied{"),
+                value("bkv_checkpoint_writes{"),
             ],
         );
         // bkv_rpc_total{code="OK",method="Peer/Forward",node="1"} 4900
@@ -92,7 +93,8 @@ pub fn cpu_seconds() -> f64 {
 impl Counters {
     /// Per node, from `before` to `self`: fsyncs per appended log entry,
     /// entries per log append (how many share one fsync: the group-commit
-    /// factor) and proposals per entry (the batching factor).
+    /// factor), proposals per entry (the batching factor) and HSM
+    /// checkpoint writes per fsync.
     pub fn storage_since(&self, before: &Counters) -> BTreeMap<u64, serde_json::Value> {
         self.storage
             .iter()
@@ -107,6 +109,7 @@ impl Counters {
                             "entries_per_log_append": d(1) / d(2).max(1.0),
                             "entries": d(1),
                             "proposals_per_entry": d(4) / d(3).max(1.0),
+                            "checkpoint_writes_per_fsync": d(5) / d(0).max(1.0),
                         }),
                     )
                 })

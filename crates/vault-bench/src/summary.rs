@@ -52,6 +52,7 @@ impl Summary<'_> {
             "client_cpu_cores": self.cpu / self.wall,
             "ceiling_single_core_opaque_logins_per_s": c.map(|c| c.opaque_logins_per_s),
             "ceiling_single_core_hsm_unseals_per_s": c.map(|c| c.hsm_unseals_per_s),
+            "ceiling_hsm_checkpoint_writes_per_s": c.map(|c| c.checkpoint_writes_per_s),
             "fraction_of_two_core_opaque_ceiling": c.map(|c| throughput / (2.0 * c.opaque_logins_per_s)),
             "fleet_nodes": self.nodes,
             "storage_by_node": self.storage,
@@ -79,10 +80,11 @@ impl Summary<'_> {
         );
         for (id, st) in &self.storage {
             println!(
-                "node {id}: {:.2} fsyncs per log entry, {:.2} entries per log append, {:.2} proposals per entry",
+                "node {id}: {:.2} fsyncs per log entry, {:.2} entries per log append, {:.2} proposals per entry, {:.2} HSM checkpoint writes per fsync",
                 st["fsyncs_per_entry"].as_f64().unwrap_or(0.0),
                 st["entries_per_log_append"].as_f64().unwrap_or(0.0),
-                st["proposals_per_entry"].as_f64().unwrap_or(0.0)
+                st["proposals_per_entry"].as_f64().unwrap_or(0.0),
+                st["checkpoint_writes_per_fsync"].as_f64().unwrap_or(0.0)
             );
         }
         if !self.rpcs_per_op.is_empty() {
@@ -102,9 +104,10 @@ impl Summary<'_> {
         if let Some(c) = self.ceiling {
             let o = c.opaque_logins_per_s;
             println!(
-                "ceiling: {o:.0} OPAQUE server logins/s on one core ({:.0} on two), {:.0} SoftHSM unseals/s on one core; this run reached {:.1}% of the two-core OPAQUE figure",
+                "ceiling: {o:.0} OPAQUE server logins/s on one core ({:.0} on two), {:.0} SoftHSM unseals/s on one core, {:.0} SoftHSM checkpoint writes/s; this run reached {:.1}% of the two-core OPAQUE figure",
                 2.0 * o,
                 c.hsm_unseals_per_s,
+                c.checkpoint_writes_per_s,
                 100.0 * throughput / (2.0 * o)
             );
         }

@@ -396,6 +396,8 @@ fn status_json(fleet: &Fleet, all: &[(u64, Result<StatusReply, String>)]) -> ser
                 "state_digest": hex::encode(&s.state_digest),
                 "fleet_initialized": s.fleet_initialized,
                 "ready": s.ready,
+                "not_ready_reason": s.not_ready_reason,
+                "checkpoint_resets": s.checkpoint_resets,
                 "members": s.members.iter().map(|m| json!({
                     "node_id": m.node_id, "datacenter": m.datacenter,
                     "voter": m.voter, "peer_addr": m.peer_addr,
@@ -462,6 +464,16 @@ fn status_table(all: &[(u64, Result<StatusReply, String>)]) -> String {
                     hex::encode(&s.state_digest[..s.state_digest.len().min(8)]),
                     if s.ready { "yes" } else { "no" },
                 );
+                if !s.ready && !s.not_ready_reason.is_empty() {
+                    let _ = writeln!(out, "      not ready: {}", s.not_ready_reason);
+                }
+                if s.checkpoint_resets > 0 {
+                    let _ = writeln!(
+                        out,
+                        "      its HSM checkpoint was lowered {} time(s) by an operator (--accept-rollback)",
+                        s.checkpoint_resets
+                    );
+                }
             }
             Err(e) => {
                 let _ = writeln!(out, "{id:>4}  unreachable: {e}");

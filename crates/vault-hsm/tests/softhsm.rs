@@ -183,6 +183,11 @@ fn run(dir: &SoftHsmDir) -> ExitCode {
         "keys::ca_keys_are_made_on_demand_and_sign",
         move || ca_keys(&module, &pin_file),
     ));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial(
+        "checkpoint::round_trips_and_refuses_a_value_it_did_not_write",
+        move || checkpoint_round_trip(&module, &pin_file),
+    ));
     let a = Arc::clone(&tokens.a);
     trials.push(trial("secrets::debug_output_is_redacted", move || {
         let shown = format!("{a:?}");
@@ -467,4 +472,159 @@ fn ca_keys(module: &Path, pin_file: &Path) -> CheckResult {
         .map_err(|e| e.to_string())?;
     let sig = p256::ecdsa::DerSignature::try_from(der.as_slice()).map_err(|e| e.to_string())?;
     public.verify(b"tbs", &sig).map_err(|e| e.to_string())
+}
+
+/// Overwrites the value of the data object labelled `object` on token
+/// `label` with `value`, as anyone holding the user PIN and the token could
+/// (the test's stand-in for a tampered or copied checkpoint).
+fn overwrite_data_object(
+    module: &Path,
+    label: &str,
+    pin: &str,
+    object: &str,
+    value: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    put_data_object(module, label, pin, object, value, true)
+}
+
+/// Creates a data object labelled `object` holding `value` on token
+/// `label`, first destroying the one there when `replace` (there must be
+/// exactly one); returns the value of the first object found.
+fn put_data_object(
+    module: &Path,
+    label: &str,
+    pin: &str,
+    object: &str,
+    value: Vec<u8>,
+    replace: bool,
+) -> Result<Vec<u8>, String> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(module).map_err(|e| e.to_string())?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::CryptokiAlreadyInitialized,
+            _,
+        )) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .is_ok_and(|i| i.label().trim_end() == label)
+        })
+        .ok_or("no such token")?;
+    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
+    match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(object.as_bytes().to_vec()),
+        ])
+        .map_err(|e| e.to_string())?;
+    let handle = *found.first().ok_or("no checkpoint object")?;
+    if replace && found.len() != 1 {
+        return Err(format!("{} checkpoint objects", found.len()));
+    }
+    let old = session
+        .get_attributes(handle, &[AttributeType::Value])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .unwrap_or_default();
+    // SoftHSM does not let a data object's value change: replace it.
+    if replace {
+        session.destroy_object(handle).map_err(|e| e.to_string())?;
+    }
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(object.as_bytes().to_vec()),
+            Attribute::Value(value),
+        ])
+        .map_err(|e| e.to_string())?;
+    Ok(old)
+}
+
+/// The checkpoint reads back what was written, across stores; a value
+/// with one bit flipped, or one copied from another token, is an error
+/// (never "no checkpoint"); the key it is authenticated under is sensitive
+/// and was made on the token.
+fn checkpoint_round_trip(module: &Path, pin_file: &Path) -> CheckResult {
+    use vault_hsm::CheckpointStore;
+    let pin = read_pin(pin_file)?;
+    let a = CheckpointStore::open(module, "node-a", &pin).map_err(|e| e.to_string())?;
+    if a.read().map_err(|e| e.to_string())?.is_some() {
+        return Err("a fresh token has a checkpoint".into());
+    }
+    a.write(b"mark one").map_err(|e| e.to_string())?;
+    a.write(b"mark two, longer").map_err(|e| e.to_string())?;
+    let again = CheckpointStore::open(module, "node-a", &pin).map_err(|e| e.to_string())?;
+    let read = again.read().map_err(|e| e.to_string())?;
+    if read.as_deref() != Some(b"mark two, longer".as_slice()) {
+        return Err(format!("read back {read:?}"));
+    }
+    // One bit flipped in the stored payload.
+    let good = overwrite_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", Vec::new())?;
+    let mut flipped = good.clone();
+    flipped[22] ^= 1; // in the payload
+    overwrite_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", flipped)?;
+    match again.read() {
+        Err(e) if e.to_string().contains("does not authenticate") => {}
+        other => return Err(format!("a flipped bit read as {other:?}")),
+    }
+    // node-a's value put on node-b: authenticated under another key and
+    // another token label.
+    let b = CheckpointStore::open(module, "node-b", &pin).map_err(|e| e.to_string())?;
+    b.write(b"b's own").map_err(|e| e.to_string())?;
+    overwrite_data_object(module, "node-b", USER_PIN, "bkv-checkpoint", good.clone())?;
+    match b.read() {
+        Err(e) if e.to_string().contains("does not authenticate") => {}
+        other => return Err(format!("a value from another token read as {other:?}")),
+    }
+    overwrite_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", good.clone())?;
+    if again.read().map_err(|e| e.to_string())?.as_deref() != Some(b"mark two, longer".as_slice()) {
+        return Err("the restored value does not read".into());
+    }
+    // A crash between creating the new object and destroying the old one
+    // leaves both: the newer wins, and the next write removes the older.
+    again.write(b"mark three").map_err(|e| e.to_string())?;
+    put_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", good, false)?;
+    let fresh = CheckpointStore::open(module, "node-a", &pin).map_err(|e| e.to_string())?;
+    if fresh.read().map_err(|e| e.to_string())?.as_deref() != Some(b"mark three".as_slice()) {
+        return Err("an older leftover object won over the newer one".into());
+    }
+    fresh.write(b"mark four").map_err(|e| e.to_string())?;
+    let left = overwrite_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", Vec::new())
+        .map_err(|e| format!("after a write: {e}"))?;
+    overwrite_data_object(module, "node-a", USER_PIN, "bkv-checkpoint", left)?;
+    if fresh.read().map_err(|e| e.to_string())?.as_deref() != Some(b"mark four".as_slice()) {
+        return Err("mark four does not read".into());
+    }
+    let report = provision::report(module, "node-a", &pin).map_err(|e| e.to_string())?;
+    let mac = report
+        .keys
+        .iter()
+        .find(|k| k.role == "checkpoint-mac")
+        .ok_or("the key report lists no checkpoint key")?;
+    if mac.sensitive != Some(true) || mac.extractable != Some(false) || mac.local != Some(true) {
+        return Err(format!("checkpoint key attributes are {mac:?}"));
+    }
+    Ok(())
 }

@@ -46,6 +46,8 @@ pub struct AdminService {
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub ready: Readiness,
+    /// The node's anti-rollback checkpoint (its reset count is reported).
+    pub checkpoint: Arc<crate::checkpoint::HsmCheckpoint>,
     /// The frontend service (for the fleet's public keys).
     pub frontend: Arc<crate::frontend::FrontendService>,
 }
@@ -264,6 +266,8 @@ impl Admin for AdminService {
             purged_index: m.purged.map_or(0, |l| l.index),
             fleet_initialized: self.reader.with_state(|s| s.fleet().is_some()),
             ready: self.ready.borrow().is_ok(),
+            not_ready_reason: self.ready.borrow().clone().err().unwrap_or_default(),
+            checkpoint_resets: self.checkpoint.resets(),
         }))
     }
 
@@ -479,8 +483,14 @@ impl Admin for AdminService {
     ) -> Result<Response<EvidenceReply>, Status> {
         vault_fleet::callers::operator(&req)?;
         let nonce = req.into_inner().nonce;
-        crate::transparency::evidence(self.node_id, &self.fleet, &self.hsm, &nonce)
-            .await
-            .map(Response::new)
+        crate::transparency::evidence(
+            self.node_id,
+            &self.fleet,
+            &self.hsm,
+            self.checkpoint.resets(),
+            &nonce,
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -16,7 +16,7 @@
 //! into the payload, and `Register` applies only over that generation.
 
 mod sessions;
-mod status;
+pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

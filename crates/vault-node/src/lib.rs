@@ -7,11 +7,13 @@
 //! - [`admin`]: the admin API (status, init, membership, snapshots);
 //! - [`frontend`]: the frontend API (OPAQUE registration and recovery);
 //! - [`metrics`]: Prometheus metrics and the per-call measuring layer;
-//! - [`http`]: the `/metrics`, `/ready`, `/live` endpoint.
+//! - [`http`]: the `/metrics`, `/ready`, `/live` endpoint;
+//! - [`checkpoint`]: the anti-rollback checkpoint in the HSM.
 //!
 //! The fleet file is parsed by `vault_fleet::config`.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod frontend;
 pub mod http;
 pub mod metrics;

@@ -28,6 +28,15 @@ struct Args {
     /// Which node of the fleet file this process is.
     #[arg(long)]
     node_id: u64,
+    /// Start although this node's disk is behind its HSM checkpoint (a
+    /// restored backup, a lost disk): lower the checkpoint to the disk's
+    /// state. Attempts and records made since the disk's copy may come
+    /// back. The reset is counted in the checkpoint and reported in the
+    /// log, metrics, status and deployment evidence. Only for a fleet that
+    /// halted because a majority is behind, after deciding that serving
+    /// the old state is right (docs/OPERATIONS.md).
+    #[arg(long)]
+    accept_rollback: bool,
 }
 
 fn main() -> ExitCode {
@@ -88,7 +97,13 @@ fn main() -> ExitCode {
     let node_id = args.node_id;
     let span = tracing::info_span!("node", id = node_id);
     let result = runtime.block_on(tracing::Instrument::instrument(
-        vault_node::node::run(fleet, node_id),
+        vault_node::node::run(
+            fleet,
+            node_id,
+            vault_node::node::Options {
+                accept_rollback: args.accept_rollback,
+            },
+        ),
         span,
     ));
     match result {

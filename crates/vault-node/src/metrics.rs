@@ -33,6 +33,13 @@ pub struct Metrics {
     pub snapshot_index: IntGauge,
     /// 1 when the node is ready.
     pub ready: IntGauge,
+    /// 1 while the node's disk is behind its HSM checkpoint.
+    pub checkpoint_behind: IntGauge,
+    /// Times an operator lowered the HSM checkpoint (`--accept-rollback`),
+    /// ever (kept in the checkpoint itself).
+    pub checkpoint_resets: IntGauge,
+    /// HSM checkpoint writes since start.
+    pub checkpoint_writes: IntGauge,
     /// Synced writes (fsyncs) the database made since start.
     pub storage_synced_writes: IntGauge,
     /// Log entries appended since start.
@@ -137,6 +144,21 @@ impl Metrics {
                 "Index covered by the snapshot",
             ),
             ready: gauge(&registry, "ready", "1 when the node is ready to serve"),
+            checkpoint_behind: gauge(
+                &registry,
+                "checkpoint_behind",
+                "1 while the node's disk is behind its HSM anti-rollback checkpoint",
+            ),
+            checkpoint_resets: gauge(
+                &registry,
+                "checkpoint_resets",
+                "Times an operator lowered the HSM checkpoint (--accept-rollback), ever",
+            ),
+            checkpoint_writes: gauge(
+                &registry,
+                "checkpoint_writes",
+                "HSM checkpoint writes since start",
+            ),
             storage_synced_writes: gauge(
                 &registry,
                 "storage_synced_writes",

@@ -19,7 +19,10 @@ use vault_raft::network::{MAX_MESSAGE, Network, PeerChannels};
 use vault_raft::peer::{Gatekeeper, PeerService};
 use vault_raft::proposer::{Batcher, Proposer};
 
+use vault_raft::checkpoint::Mark;
+
 use crate::admin::AdminService;
+use crate::checkpoint::{HsmCheckpoint, Standing};
 use crate::metrics::{Metrics, RpcLayer};
 
 /// How long a proposal may wait for a leader before the caller is told to
@@ -49,9 +52,24 @@ pub fn raft_config(fleet: &Fleet) -> anyhow::Result<openraft::Config> {
     Ok(config.validate()?)
 }
 
-/// The node's HSM, and its TLS key in it (`bkv-tls`): the node's identity
-/// on every port, which no file on its disk holds.
-fn open_hsm(node: &NodeConfig) -> anyhow::Result<(Pkcs11Hsm, Arc<vault_hsm::TokenKey>)> {
+/// How a node is started, beyond its fleet file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--accept-rollback`: lower the HSM checkpoint to the disk's state
+    /// rather than wait behind it.
+    pub accept_rollback: bool,
+}
+
+/// The node's HSM, its TLS key in it (`bkv-tls`: the node's identity on
+/// every port, which no file on its disk holds) and its anti-rollback
+/// checkpoint.
+fn open_hsm(
+    node: &NodeConfig,
+) -> anyhow::Result<(
+    Pkcs11Hsm,
+    Arc<vault_hsm::TokenKey>,
+    vault_hsm::CheckpointStore,
+)> {
     let module = match &node.hsm.module {
         HsmModule::SoftHsm => vault_hsm::softhsm::find_module()?,
         HsmModule::Path(p) => p.clone(),
@@ -66,7 +84,9 @@ fn open_hsm(node: &NodeConfig) -> anyhow::Result<(Pkcs11Hsm, Arc<vault_hsm::Toke
     let hsm = Pkcs11Hsm::open(&config).with_context(what)?;
     let pin = config.pin.load().with_context(what)?;
     let tls = vault_hsm::TokenKey::open(&module, &node.hsm.token_label, &pin).with_context(what)?;
-    Ok((hsm, Arc::new(tls)))
+    let checkpoint = vault_hsm::CheckpointStore::open(&module, &node.hsm.token_label, &pin)
+        .with_context(what)?;
+    Ok((hsm, Arc::new(tls), checkpoint))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -82,7 +102,7 @@ const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::f
 /// Runs node `node_id` of `fleet` until SIGTERM or SIGINT, then shuts down
 /// gracefully: stop accepting, finish in-flight calls, stop Raft, close the
 /// database.
-pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
+pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result<()> {
     let fleet = Arc::new(fleet);
     let me = fleet.node(node_id).map_err(anyhow::Error::msg)?.clone();
     let metrics = Metrics::new(node_id);
@@ -93,7 +113,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
          attempt is committed. It exists to test the chaos checker; never deploy it"
     );
     tracing::info!(datacenter = %me.datacenter, "opening the HSM");
-    let (hsm, tls_key) = {
+    let (hsm, tls_key, checkpoint_store) = {
         let me = me.clone();
         tokio::task::spawn_blocking(move || open_hsm(&me)).await??
     };
@@ -105,22 +125,72 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&me.data_dir)
         .with_context(|| format!("create data dir {}", me.data_dir.display()))?;
+    // Storage advances the checkpoint once Raft runs; it is opened (and
+    // compared with the disk) in between.
+    let deferred = Arc::new(DeferredCheckpoint::default());
     let (mut log, sm) = {
         let dir = me.data_dir.clone();
-        tokio::task::spawn_blocking(move || vault_storage::open(&dir))
-            .await?
-            .with_context(|| format!("open the database in {}", me.data_dir.display()))?
+        let c: Arc<dyn vault_raft::checkpoint::Checkpointer> = deferred.clone();
+        tokio::task::spawn_blocking(move || {
+            vault_storage::open_checkpointed(&dir, vault_core::DEFAULT_DEDUP_CAPACITY, Some(c))
+        })
+        .await?
+        .with_context(|| format!("open the database in {}", me.data_dir.display()))?
     };
     let committed_at_start = log.read_committed().await?.map_or(0, |l| l.index);
     let reader = sm.reader();
     let storage_stats = sm.stats();
-    tracing::info!(committed_at_start, "storage open");
+    let stored = Mark {
+        vote: log.read_vote().await?,
+        last_log: log.get_log_state().await?.last_log_id,
+        applied: reader.last_applied().map(|l| (l, reader.digest().1)),
+    };
+    let (checkpoint, standing, restore_vote) = {
+        let accept = options.accept_rollback;
+        tokio::task::spawn_blocking(move || {
+            HsmCheckpoint::open(checkpoint_store, &stored, accept, node_id)
+        })
+        .await??
+    };
+    let checkpoint = Arc::new(checkpoint);
+    deferred.set(checkpoint.clone());
+    let behind = vault_raft::checkpoint::BehindFlag::default();
+    if let Standing::Behind { why, .. } = &standing {
+        tracing::warn!(
+            "BEHIND THE HSM CHECKPOINT: {why}. This node neither votes, nor stands for election, nor serves until it has caught up from a peer that is ahead; if a majority is behind the fleet halts (docs/OPERATIONS.md, \"A node behind its checkpoint\")"
+        );
+        behind.set(Some(format!("behind its HSM checkpoint: {why}")));
+    }
+    // The HSM's vote goes back on a disk that lost it (a restored disk must
+    // not accept a leader of a term this node had left, nor vote in it
+    // again), and a node behind its checkpoint that led when its disk was
+    // copied keeps the vote, not the leadership: openraft would resume
+    // leading from its own committed vote at start, without an election,
+    // with a log shorter than its followers'.
+    if let Some(vote) = restore_vote {
+        log.save_vote(&vote)
+            .await
+            .context("put the HSM checkpoint's vote back on disk")?;
+        tracing::warn!(
+            term = vote.leader_id.term,
+            voted_for = ?vote.leader_id.voted_for(),
+            committed = vote.committed,
+            "the vote on disk was older than the HSM checkpoint's, or this node's own leadership: wrote the checkpoint's vote (without resuming leadership)"
+        );
+    }
+    tracing::info!(
+        committed_at_start,
+        checkpoint_resets = checkpoint.resets(),
+        "storage open"
+    );
 
     let channels = PeerChannels::new(&identity, &fleet.tls.fleet_ca, me.peer_source_ip)
         .context("peer TLS settings")?;
+    let mut config = raft_config(&fleet)?;
+    config.enable_elect = standing == Standing::Current;
     let raft = Raft::new(
         node_id,
-        Arc::new(raft_config(&fleet)?),
+        Arc::new(config),
         Network::new(node_id, channels.clone()),
         log,
         sm,
@@ -143,7 +213,8 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
 
-    let gate = Gatekeeper::new(raft.clone(), fleet.nodes.keys().copied().collect());
+    let gate = Gatekeeper::new(raft.clone(), fleet.nodes.keys().copied().collect())
+        .with_behind(behind.clone());
     let frontend = Arc::new(crate::frontend::FrontendService::new(
         fleet.clone(),
         reader.clone(),
@@ -161,6 +232,7 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         frontend: frontend.clone(),
+        checkpoint: checkpoint.clone(),
     };
 
     // TLS is done here, not by tonic: a connection cap, a handshake
@@ -198,10 +270,11 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(H2_KEEPALIVE.1))
         .timeout(Duration::from_secs(30))
         .layer(RpcLayer::new(metrics.clone(), node_id))
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             vault_proto::v1::frontend_server::FrontendServer::from_arc(frontend)
                 .max_decoding_message_size(FRONTEND_MAX_MESSAGE),
-        )
+            refuse_while_behind(behind.clone()),
+        ))
         .add_service(health_service)
         .serve_with_incoming_shutdown(front_incoming, stopped(stop.clone()));
     let http = crate::http::serve(
@@ -222,9 +295,14 @@ pub async fn run(fleet: Fleet, node_id: u64) -> anyhow::Result<()> {
     }
     tokio::spawn(track(
         raft.clone(),
-        storage_stats,
-        metrics.clone(),
-        committed_at_start,
+        Tracked {
+            storage: storage_stats,
+            metrics: metrics.clone(),
+            committed_at_start,
+            checkpoint,
+            standing,
+            behind,
+        },
         ready_tx,
         health,
         stop.clone(),
@@ -293,22 +371,100 @@ async fn watch_signals(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-/// Keeps metrics, readiness and gRPC health in step with Raft. Ready = a
-/// leader is known and everything committed when the node started is
-/// applied.
-async fn track(
-    raft: Raft,
+/// A checkpointer to hand storage before the checkpoint is open (it is
+/// compared with what storage holds first); storage writes nothing before
+/// Raft starts, by which time it is set.
+#[derive(Default)]
+struct DeferredCheckpoint(std::sync::OnceLock<Arc<HsmCheckpoint>>);
+
+impl DeferredCheckpoint {
+    fn set(&self, c: Arc<HsmCheckpoint>) {
+        let _ = self.0.set(c);
+    }
+}
+
+impl vault_raft::checkpoint::Checkpointer for DeferredCheckpoint {
+    fn advance(&self, mark: &Mark) -> Result<(), String> {
+        match self.0.get() {
+            Some(c) => c.advance(mark),
+            None => Err("the HSM checkpoint is not open yet".into()),
+        }
+    }
+}
+
+/// Refuses every frontend call while the node is behind its checkpoint:
+/// its state may be older than what the fleet committed.
+fn refuse_while_behind(
+    behind: vault_raft::checkpoint::BehindFlag,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req| match behind.why() {
+        None => Ok(req),
+        Some(why) => Err(crate::frontend::status::unavailable(format!(
+            "this node does not serve: {why}; ask another node"
+        ))),
+    }
+}
+
+/// What [`track`] keeps in step besides Raft.
+struct Tracked {
     storage: Arc<vault_storage::StorageStats>,
     metrics: Arc<Metrics>,
     committed_at_start: u64,
+    checkpoint: Arc<HsmCheckpoint>,
+    /// Where the node stood against its checkpoint at start.
+    standing: Standing,
+    /// Why it must not vote or serve now (shared with the peer service
+    /// and the frontend), cleared once it has caught up.
+    behind: vault_raft::checkpoint::BehindFlag,
+}
+
+/// Keeps metrics, readiness and gRPC health in step with Raft. Ready = not
+/// behind the HSM checkpoint, a leader is known, and everything committed
+/// when the node started is applied. A node that started behind its
+/// checkpoint goes back to voting, standing for election and serving once
+/// it has applied past it.
+async fn track(
+    raft: Raft,
+    t: Tracked,
     ready_tx: watch::Sender<Result<(), String>>,
     health: tonic_health::server::HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Tracked {
+        storage,
+        metrics,
+        committed_at_start,
+        checkpoint,
+        mut standing,
+        behind,
+    } = t;
     let rx = raft.metrics();
     let mut was_ready = false;
     loop {
         let m = rx.borrow().clone();
+        if let Standing::Behind { target, .. } = &standing {
+            let now = Mark {
+                vote: Some(m.vote),
+                last_log: None,
+                applied: m.last_applied.map(|l| (l, [0; 32])),
+            };
+            if target.reached_by(&now) {
+                tracing::info!(
+                    applied = ?m.last_applied,
+                    "caught up past the HSM checkpoint: voting, standing for election and serving again"
+                );
+                behind.set(None);
+                raft.runtime_config().elect(true);
+                standing = Standing::Current;
+            }
+        }
+        metrics
+            .checkpoint_behind
+            .set(i64::from(behind.why().is_some()));
+        metrics
+            .checkpoint_resets
+            .set(i64::from(checkpoint.resets()));
+        metrics.checkpoint_writes.set(checkpoint.writes() as i64);
         let applied = m.last_applied.map_or(0, |l| l.index);
         metrics.term.set(m.current_term as i64);
         metrics.leader.set(m.current_leader.unwrap_or(0) as i64);
@@ -341,7 +497,9 @@ async fn track(
         {
             metrics.committed_index.set(c as i64);
         }
-        let readiness = if m.current_leader.is_none() {
+        let readiness = if let Some(why) = behind.why() {
+            Err(why)
+        } else if m.current_leader.is_none() {
             Err("no leader known".to_owned())
         } else if applied < committed_at_start {
             Err(format!(

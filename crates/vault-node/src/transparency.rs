@@ -57,6 +57,7 @@ pub async fn evidence(
     node_id: u64,
     fleet: &Fleet,
     hsm: &AsyncHsm<Pkcs11Hsm>,
+    checkpoint_resets: u32,
     nonce: &[u8],
 ) -> Result<EvidenceReply, Status> {
     if !(16..=64).contains(&nonce.len()) {
@@ -88,6 +89,7 @@ pub async fn evidence(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         nonce: hex::encode(nonce),
+        checkpoint_resets,
     };
     let text = serde_json::to_string(&statement)
         .map_err(|e| Status::internal(format!("statement: {e}")))?;

@@ -5,6 +5,7 @@
 //! - [`network`]: openraft's `RaftNetworkFactory` over persistent channels.
 //! - [`peer`]: the server side of the peer API, with the caller checks.
 //! - [`proposer`]: proposing a command here or forwarding it to the leader.
+//! - [`checkpoint`]: the anti-rollback mark storage advances in the HSM.
 //!
 //! The fleet file, identities, PKI and TLS settings live in `vault-fleet`
 //! (which links no openraft, so the app SDK and the witness can use it).
@@ -13,6 +14,7 @@
 
 use std::io::Cursor;
 
+pub mod checkpoint;
 pub mod network;
 pub mod peer;
 pub mod proposer;

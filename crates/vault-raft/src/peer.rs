@@ -21,6 +21,7 @@ use vault_proto::v1::{
 };
 use vault_types::codec;
 
+use crate::checkpoint::BehindFlag;
 use crate::network::SnapshotHeader;
 use crate::proposer::{Batcher, WriteError};
 use crate::{Raft, wire};
@@ -33,13 +34,26 @@ pub const MAX_SNAPSHOT: usize = 1 << 30;
 pub struct Gatekeeper {
     raft: Raft,
     fleet_nodes: BTreeSet<u64>,
+    behind: BehindFlag,
 }
 
 impl Gatekeeper {
     /// Checks callers against `raft`'s membership; `fleet_nodes` are the
     /// nodes of the fleet file.
     pub fn new(raft: Raft, fleet_nodes: BTreeSet<u64>) -> Gatekeeper {
-        Gatekeeper { raft, fleet_nodes }
+        Gatekeeper {
+            raft,
+            fleet_nodes,
+            behind: BehindFlag::default(),
+        }
+    }
+
+    /// Refuses to vote while `behind` says this node's disk is behind its
+    /// HSM checkpoint: a node that lost what it had acknowledged could
+    /// elect a leader without it (or vote twice in one term).
+    pub fn with_behind(mut self, behind: BehindFlag) -> Gatekeeper {
+        self.behind = behind;
+        self
     }
 
     /// The caller must be a member node; returns its id.
@@ -121,6 +135,11 @@ impl Peer for PeerService {
         let rpc: openraft::raft::VoteRequest<u64> =
             wire::decode(&req.into_inner().payload).map_err(bad_message)?;
         self.gate.speaks_for(caller, &rpc.vote)?;
+        if let Some(why) = self.gate.behind.why() {
+            return Err(Status::unavailable(format!(
+                "this node does not vote: {why}"
+            )));
+        }
         let result = self.raft.vote(rpc).await;
         Ok(Response::new(RaftMessage {
             payload: wire::encode(&result),

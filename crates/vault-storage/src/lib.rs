@@ -8,7 +8,8 @@
 //! Invariants it keeps:
 //! - votes and log appends are synced to disk before openraft is told they
 //!   are done; each append is one write batch, and one fsync serves every
-//!   append written since the last (group commit);
+//!   append written since the last (group commit); with a checkpointer, the
+//!   HSM checkpoint records them after the fsync and before openraft hears;
 //! - the state machine writes the changed state keys, `last_applied` and the
 //!   membership in one atomic write batch, not synced (what it applies is
 //!   durable in the log); the writes of the log and the state machine go
@@ -47,8 +48,19 @@ pub fn open_with_dedup_capacity(
     dir: &std::path::Path,
     dedup_capacity: usize,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
+    open_checkpointed(dir, dedup_capacity, None)
+}
+
+/// [`open_with_dedup_capacity`], advancing `checkpointer` (the node's HSM
+/// checkpoint, [`vault_raft::checkpoint`]) whenever a log append, a vote or
+/// an installed snapshot becomes durable, before openraft hears of it.
+pub fn open_checkpointed(
+    dir: &std::path::Path,
+    dedup_capacity: usize,
+    checkpointer: Option<std::sync::Arc<dyn vault_raft::checkpoint::Checkpointer>>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = std::sync::Arc::new(db::Db::open(dir)?);
-    let writer = std::sync::Arc::new(writer::Writer::start(db.clone())?);
+    let writer = std::sync::Arc::new(writer::Writer::start(db.clone(), checkpointer)?);
     let log = LogStore::new(db.clone(), writer.clone());
     let sm = StateMachineStore::open(db, writer, dir.join("snapshots"), dedup_capacity)?;
     Ok((log, sm))

@@ -14,6 +14,7 @@ use crate::db::{
 };
 use crate::writer::{Done, Writer};
 use crate::{Entry, TypeConfig};
+use vault_raft::checkpoint::Mark;
 
 /// The Raft log of one node. Clones share the database; openraft uses one
 /// as the writer and clones as readers for replication.
@@ -168,8 +169,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        // A vote must be on disk before it is acted on: sync.
+        // A vote must be on disk before it is acted on: sync; and in the
+        // HSM checkpoint before it is, or a restored disk could vote twice
+        // in one term.
         self.put_meta(KEY_VOTE, vote, true)
+            .await
+            .map_err(io_err(StorageIOError::write_vote))?;
+        let writer = self.writer.clone();
+        let mark = Mark {
+            vote: Some(*vote),
+            ..Mark::default()
+        };
+        blocking(move || writer.checkpoint(&mark))
             .await
             .map_err(io_err(StorageIOError::write_vote))
     }
@@ -214,8 +225,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let mut count = 0;
+        let mut last = None;
         for entry in entries {
             let index = entry.get_log_id().index;
+            last = Some(*entry.get_log_id());
             batch.put_cf(self.db.cf(CF_LOGS), index_key(index), encode_framed(&entry));
             count += 1;
         }
@@ -226,7 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // readable before that: reads wait for the writer to catch up.
         let done: Done = Box::new(move |r| callback.log_io_completed(r));
         self.writer
-            .append(batch, done)
+            .append(batch, last, done)
             .map_err(io_err(StorageIOError::write_logs))
     }
 

@@ -20,6 +20,7 @@ use crate::db::{
 use crate::snapshot;
 use crate::writer::Writer;
 use crate::{Entry, TypeConfig};
+use vault_raft::checkpoint::Mark;
 
 /// The in-memory copy of what the state column family holds.
 #[derive(Debug)]
@@ -245,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut batch = WriteBatch::default();
         let mut replies = Vec::new();
+        let applied;
         {
             let mut guard = self.write_guard();
             let a = &mut *guard;
@@ -283,6 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let Some(last) = a.last_applied else {
                 return Ok(replies);
             };
+            applied = Some((last, a.state.digest()));
             batch.put_cf(self.db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(&last));
             batch.put_cf(
                 self.db.cf(CF_META),
@@ -301,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // for the writer, a snapshot install): the log is never purged past
         // an apply that could be lost.
         self.writer
-            .apply(batch)
+            .apply(batch, applied)
             .map_err(io_err(StorageIOError::write_state_machine))?;
         Ok(replies)
     }
@@ -384,6 +387,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await
             .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        // Synced: the HSM checkpoint may say so (the log is behind the
+        // snapshot only when purged up to it).
+        if let Some(at) = meta.last_log_id {
+            let mark = Mark {
+                vote: None,
+                last_log: Some(at),
+                applied: Some((at, state.digest())),
+            };
+            let writer = self.writer.clone();
+            blocking(move || writer.checkpoint(&mark))
+                .await
+                .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        }
         let mut a = self.write_guard();
         a.state = state;
         a.last_applied = meta.last_log_id;

@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::LogId;
 use rocksdb::WriteBatch;
+use vault_raft::checkpoint::{Checkpointer, Mark};
 
 use crate::db::{CF_META, Db, KEY_COMMITTED, StoreError, blocking};
 
@@ -38,12 +40,20 @@ pub(crate) type Done = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 enum Job {
-    /// Write a log append's batch; run `done` after the fsync that follows.
-    Append { batch: WriteBatch, done: Done },
-    /// Write an apply's batch. Not synced and not awaited: the entries it
-    /// applies are durable in the log, and a lost tail is applied again
-    /// from the log after a restart.
-    Apply(WriteBatch),
+    /// Write a log append's batch, whose last entry is `last`; run `done`
+    /// after the fsync that follows (and the checkpoint after it).
+    Append {
+        batch: WriteBatch,
+        last: Option<LogId<u64>>,
+        done: Done,
+    },
+    /// Write an apply's batch, which leaves the state at `applied`. Not
+    /// synced and not awaited: the entries it applies are durable in the
+    /// log, and a lost tail is applied again from the log after a restart.
+    Apply {
+        batch: WriteBatch,
+        applied: Option<(LogId<u64>, [u8; 32])>,
+    },
     /// Write this committed log id (framed) as the restart hint; of several
     /// queued, only the newest is written.
     Committed(Vec<u8>),
@@ -116,6 +126,7 @@ impl Progress {
 /// and joins it, so the database can be reopened at once.
 pub(crate) struct Writer {
     db: Arc<Db>,
+    checkpointer: Option<Arc<dyn Checkpointer>>,
     queue: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     progress: Arc<Progress>,
@@ -139,17 +150,22 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(db: Arc<Db>) -> Result<Writer, StoreError> {
+    pub(crate) fn start(
+        db: Arc<Db>,
+        checkpointer: Option<Arc<dyn Checkpointer>>,
+    ) -> Result<Writer, StoreError> {
         let (queue, jobs) = std::sync::mpsc::channel::<Job>();
         let progress = Arc::new(Progress::default());
         let seen = progress.clone();
         let written = db.clone();
+        let marks = checkpointer.clone();
         let thread = std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || run(&written, &jobs, &seen))
+            .spawn(move || run(&written, &jobs, &seen, marks.as_deref()))
             .map_err(|e| StoreError::Task(format!("start the database writer: {e}")))?;
         Ok(Writer {
             db,
+            checkpointer,
             queue: Some(queue),
             thread: Some(thread),
             progress,
@@ -158,9 +174,14 @@ impl Writer {
 
     /// Queues a log append's batch; `done` runs once it is synced (or with
     /// the error that stopped it). Returns as soon as it is queued.
-    pub(crate) fn append(&self, batch: WriteBatch, done: Done) -> Result<(), StoreError> {
+    pub(crate) fn append(
+        &self,
+        batch: WriteBatch,
+        last: Option<LogId<u64>>,
+        done: Done,
+    ) -> Result<(), StoreError> {
         self.progress.queued.fetch_add(1, Ordering::SeqCst);
-        self.send(Job::Append { batch, done }).map_err(|job| {
+        self.send(Job::Append { batch, last, done }).map_err(|job| {
             if let Job::Append { done, .. } = job {
                 done(Err(std::io::Error::other("the database writer is gone")));
             }
@@ -169,12 +190,30 @@ impl Writer {
     }
 
     /// Queues an apply's batch. Fails if an earlier write failed.
-    pub(crate) fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    pub(crate) fn apply(
+        &self,
+        batch: WriteBatch,
+        applied: Option<(LogId<u64>, [u8; 32])>,
+    ) -> Result<(), StoreError> {
         if let Some(why) = self.progress.failed() {
             return Err(StoreError::Task(why));
         }
         self.progress.queued.fetch_add(1, Ordering::SeqCst);
-        self.send(Job::Apply(batch)).map_err(|_| self.gone())
+        self.send(Job::Apply { batch, applied })
+            .map_err(|_| self.gone())
+    }
+
+    /// Records `mark` as durable in the checkpoint (if this database has
+    /// one). Blocking: for writes that were synced outside the thread (a
+    /// vote, an installed snapshot). An error means it is not recorded,
+    /// and the write must not be acknowledged.
+    pub(crate) fn checkpoint(&self, mark: &Mark) -> Result<(), StoreError> {
+        match &self.checkpointer {
+            Some(c) => c
+                .advance(mark)
+                .map_err(|e| StoreError::Task(format!("advance the HSM checkpoint: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// Queues the committed-index hint (framed).
@@ -223,7 +262,15 @@ impl Writer {
 
 /// The thread: takes everything queued, writes it in order, lets readers
 /// on, then fsyncs once if an append waits and completes the appends.
-fn run(db: &Db, jobs: &std::sync::mpsc::Receiver<Job>, progress: &Progress) {
+fn run(
+    db: &Db,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+    progress: &Progress,
+    checkpointer: Option<&dyn Checkpointer>,
+) {
+    // The newest append and apply written (not yet necessarily synced).
+    let mut appended: Option<LogId<u64>> = None;
+    let mut applied: Option<(LogId<u64>, [u8; 32])> = None;
     // Ends when the last sender (the last handle) is dropped.
     while let Ok(first) = jobs.recv() {
         let mut failed = progress.failed();
@@ -232,11 +279,22 @@ fn run(db: &Db, jobs: &std::sync::mpsc::Receiver<Job>, progress: &Progress) {
         let mut hint = None;
         for job in std::iter::once(first).chain(jobs.try_iter()) {
             let (batch, what) = match job {
-                Job::Append { batch, done } => {
+                Job::Append { batch, last, done } => {
                     waiting.push(done);
+                    if failed.is_none() && last.is_some() {
+                        appended = last;
+                    }
                     (batch, "write log entries")
                 }
-                Job::Apply(batch) => (batch, "write the applied state"),
+                Job::Apply {
+                    batch,
+                    applied: now,
+                } => {
+                    if failed.is_none() && now.is_some() {
+                        applied = now;
+                    }
+                    (batch, "write the applied state")
+                }
                 Job::Committed(framed) => {
                     hint = Some(framed);
                     continue;
@@ -271,6 +329,19 @@ fn run(db: &Db, jobs: &std::sync::mpsc::Receiver<Job>, progress: &Progress) {
                     .flush_wal(true)
                     .map_err(|e| format!("fsync the log: {e}"));
                 db.stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+                // The appends (and every apply written before them) are on
+                // disk: the HSM records that before anyone hears of it, so
+                // no acknowledged entry is ever missing from the mark.
+                let r = r.and_then(|()| match checkpointer {
+                    Some(c) => c
+                        .advance(&Mark {
+                            vote: None,
+                            last_log: appended,
+                            applied,
+                        })
+                        .map_err(|e| format!("advance the HSM checkpoint: {e}")),
+                    None => Ok(()),
+                });
                 if let Err(why) = &r {
                     tracing::error!("{why}; the database takes no more writes");
                     progress.advance(0, Some(why.clone()));
@@ -315,13 +386,13 @@ mod tests {
         use crate::db::CF_LOGS;
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(Db::open(dir.path()).expect("open"));
-        let writer = Writer::start(db.clone()).expect("start");
+        let writer = Writer::start(db.clone(), None).expect("start");
         let append = |key: &'static [u8]| {
             let (tx, rx) = std::sync::mpsc::channel();
             let mut batch = WriteBatch::default();
             batch.put_cf(db.cf(CF_LOGS), key, b"entry");
             writer
-                .append(batch, Box::new(move |r| tx.send(r).expect("send")))
+                .append(batch, None, Box::new(move |r| tx.send(r).expect("send")))
                 .expect("queue");
             rx.recv_timeout(Duration::from_secs(10)).expect("completed")
         };
@@ -333,7 +404,7 @@ mod tests {
             .advance(0, Some("write log entries: injected".into()));
         let e = append(b"after").expect_err("an append after the failure");
         assert!(e.to_string().contains("injected"), "{e}");
-        assert!(writer.apply(WriteBatch::default()).is_err());
+        assert!(writer.apply(WriteBatch::default(), None).is_err());
         assert!(writer.caught_up().is_err());
 
         drop(writer);

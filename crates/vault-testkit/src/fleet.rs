@@ -133,6 +133,11 @@ impl TestFleet {
 
     /// Starts node `id`.
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        self.start_with(id, &[])
+    }
+
+    /// Starts node `id` with `extra` arguments (e.g. `--accept-rollback`).
+    pub fn start_with(&mut self, id: u64, extra: &[&str]) -> anyhow::Result<()> {
         if self.running.contains_key(&id) {
             bail!("node {id} is already running");
         }
@@ -146,6 +151,7 @@ impl TestFleet {
             .arg("--fleet-dir")
             .arg(self.dir.path())
             .args(["--node-id", &id.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info,openraft=warn")
             // The node stops when this pipe closes: if this process dies
             // without running Drop, its nodes still go away.

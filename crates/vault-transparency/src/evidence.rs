@@ -103,6 +103,12 @@ pub struct NodeStatement {
     pub issued_at_ms: u64,
     /// The requester's nonce (hex), for freshness.
     pub nonce: String,
+    /// How many times an operator lowered this node's anti-rollback
+    /// checkpoint (`vault-node --accept-rollback`), ever: each time, the
+    /// node accepted a disk older than what it had made durable. Kept in
+    /// its HSM, never lowered. Absent in statements of older nodes.
+    #[serde(default)]
+    pub checkpoint_resets: u32,
 }
 
 /// A statement and the node's signature, as carried in a document.

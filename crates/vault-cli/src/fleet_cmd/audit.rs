@@ -165,8 +165,14 @@ fn evidence_result(
         .iter()
         .map(|f| {
             let t = &f.statement.key_report.token;
+            let resets = match f.statement.checkpoint_resets {
+                0 => String::new(),
+                n => format!(
+                    "; WARNING: its anti-rollback checkpoint was lowered {n} time(s) by an operator (--accept-rollback)"
+                ),
+            };
             format!(
-                "node {} ({}, {} {} serial {} firmware {})",
+                "node {} ({}, {} {} serial {} firmware {}){resets}",
                 f.statement.node_id,
                 f.statement.datacenter,
                 t.manufacturer,

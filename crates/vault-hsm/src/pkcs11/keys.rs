@@ -226,6 +226,13 @@ pub(crate) fn describe_all(session: &Session) -> Result<Vec<KeyAttributes>, Devi
             keys.push(describe(session, handle, role)?);
         }
     }
+    if let Some(handle) = find_one(
+        session,
+        ObjectClass::SECRET_KEY,
+        crate::checkpoint::MAC_LABEL,
+    )? {
+        keys.push(describe(session, handle, "checkpoint-mac")?);
+    }
     // CA keys, one pair per fleet the operator token serves.
     let private = session
         .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])

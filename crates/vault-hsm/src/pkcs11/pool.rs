@@ -51,17 +51,10 @@ impl SessionPool {
             }
         };
         let result = f(&session);
-        let session = match &result {
-            Err(HsmError::Device(DeviceError {
-                rv:
-                    Some(
-                        RvError::SessionHandleInvalid
-                        | RvError::SessionClosed
-                        | RvError::UserNotLoggedIn,
-                    ),
-                ..
-            })) => Self::reopen(token, pin).unwrap_or(session),
-            _ => session,
+        let session = if session_gone(&result) {
+            Self::reopen(token, pin).unwrap_or(session)
+        } else {
+            session
         };
         self.idle
             .lock()
@@ -76,4 +69,18 @@ impl SessionPool {
         token.login_user(&session, pin).ok()?;
         Some(session)
     }
+}
+
+/// Whether `result` says the session is gone (closed, invalid, or logged
+/// out): worth one reopen and retry.
+pub(crate) fn session_gone<T>(result: &Result<T, HsmError>) -> bool {
+    matches!(
+        result,
+        Err(HsmError::Device(DeviceError {
+            rv: Some(
+                RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn
+            ),
+            ..
+        }))
+    )
 }

@@ -1,0 +1,392 @@
+//! The anti-rollback mark: how far a node's durable Raft state has got.
+//!
+//! A node's disk can be put back to an older copy (a restored backup, a
+//! snapshot of a VM): older counters, records that were locked out or
+//! deleted alive again. The node's HSM keeps a [`Mark`] that the disk
+//! cannot roll back (vault-node's checkpoint, an authenticated token
+//! object), and storage advances it through a [`Checkpointer`] in the same
+//! step that makes a log append or a vote durable, **before openraft hears
+//! that it is**: no entry is ever acknowledged to a leader, so never counts
+//! toward a commit, before this node's HSM records it. A committed entry is
+//! therefore in the marks of a majority; a disk that lost it is behind its
+//! mark ([`Mark::behind`]), and such a node neither votes, nor leads, nor
+//! serves until it has caught up from a node that has it.
+//!
+//! A mark only grows ([`Mark::merge`]): a leader truncating this node's
+//! uncommitted tail does not lower it (the entries that replace the tail
+//! carry a higher term, so the log passes the mark again at once).
+
+use openraft::{LogId, Vote};
+use serde::{Deserialize, Serialize};
+
+/// How far a node's durable state has got: its vote, the last log entry on
+/// disk, and the last applied entry with the state digest after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The vote on disk.
+    pub vote: Option<Vote<u64>>,
+    /// The last log entry on disk (after a purge: the last purged one).
+    pub last_log: Option<LogId<u64>>,
+    /// The last applied entry on disk, with the state digest it left.
+    pub applied: Option<(LogId<u64>, [u8; 32])>,
+}
+
+/// Something that records marks where a disk copy cannot reach (the HSM).
+pub trait Checkpointer: Send + Sync + 'static {
+    /// Records that the state in `mark` is durable. Each field that is
+    /// `None` says nothing; the recorded mark is the [`Mark::merge`] of
+    /// every mark given. Blocking (called on the storage writer thread or
+    /// the blocking pool); an error stops the write it was for from being
+    /// acknowledged.
+    fn advance(&self, mark: &Mark) -> Result<(), String>;
+}
+
+/// Why this node must not vote (nor serve) right now, if it must not:
+/// shared between the node, which sets it while the node is behind its
+/// checkpoint, and the peer service, which then refuses votes.
+#[derive(Debug, Clone, Default)]
+pub struct BehindFlag(std::sync::Arc<std::sync::RwLock<Option<String>>>);
+
+impl BehindFlag {
+    /// Sets (or with `None` clears) the reason.
+    pub fn set(&self, why: Option<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// The reason, while there is one.
+    pub fn why(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Why a node's stored state cannot be trusted to vote, lead or serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behind {
+    /// The stored state is older than what this node had made durable:
+    /// a restored or lost disk. It may catch up from peers that are ahead.
+    Behind(String),
+    /// The stored state at an index differs from what this node applied
+    /// there: it will never agree with the fleet by catching up. Start with
+    /// an empty data directory (it catches up by snapshot).
+    Forked(String),
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Behind::Behind(why) | Behind::Forked(why) => f.write_str(why),
+        }
+    }
+}
+
+fn show_log(l: &Option<LogId<u64>>) -> String {
+    l.map_or_else(
+        || "none".to_owned(),
+        |l| format!("{}-{}", l.leader_id.term, l.index),
+    )
+}
+
+fn show_vote(v: &Option<Vote<u64>>) -> String {
+    v.map_or_else(
+        || "none".to_owned(),
+        |v| format!("term {}", v.leader_id().term),
+    )
+}
+
+/// Whether vote `a` is at least `b`, as Raft orders votes: the term first;
+/// in one term, a vote for nobody is the least, and a leader's committed
+/// vote beats an uncommitted vote for another node. Unlike openraft's
+/// `PartialOrd`, never panics on two committed votes for different nodes
+/// in one term (which a crafted disk could hold): neither is at least the
+/// other.
+pub fn vote_at_least(a: &Vote<u64>, b: &Vote<u64>) -> bool {
+    use std::cmp::Ordering;
+    let (la, lb) = (a.leader_id(), b.leader_id());
+    match la.term.cmp(&lb.term) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => match (la.voted_for(), lb.voted_for()) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(x), Some(y)) if x == y => a.is_committed() >= b.is_committed(),
+            (Some(_), Some(_)) => a.is_committed() && !b.is_committed(),
+        },
+    }
+}
+
+/// The vote a node must put on its disk before Raft starts, when it is
+/// not the one there (`stored`): the greater of the disk's and the HSM's
+/// (`recorded`), so that a restored disk cannot make the node accept a
+/// leader of a term it had already left, nor vote again in one; and with
+/// `step_down` (the disk is behind, or was just accepted), never this
+/// node's own committed vote, from which openraft would resume leading at
+/// start without an election, with a log shorter than its followers'.
+pub fn vote_to_restore(
+    recorded: Option<Vote<u64>>,
+    stored: Option<Vote<u64>>,
+    me: u64,
+    step_down: bool,
+) -> Option<Vote<u64>> {
+    let best = match (recorded, stored) {
+        (Some(r), Some(s)) if vote_at_least(&s, &r) => s,
+        (Some(r), _) => r,
+        (None, s) => s?,
+    };
+    let best = if step_down && best.is_committed() && best.leader_id().voted_for() == Some(me) {
+        Vote::new(best.leader_id().term, me)
+    } else {
+        best
+    };
+    (Some(best) != stored).then_some(best)
+}
+
+/// `new` when it is at least `old`, else `old` (an incomparable new value,
+/// another candidate's vote in the same term, does not replace it).
+fn at_least<T: PartialOrd + Copy>(old: Option<T>, new: Option<T>) -> Option<T> {
+    match (old, new) {
+        (Some(o), Some(n)) if n >= o => Some(n),
+        (Some(o), _) => Some(o),
+        (None, n) => n,
+    }
+}
+
+impl Mark {
+    /// The mark recording both `self` and `newer`: each part the greater.
+    pub fn merge(&self, newer: &Mark) -> Mark {
+        let applied = match (self.applied, newer.applied) {
+            (Some(o), Some(n)) if n.0 > o.0 => Some(n),
+            (Some(o), _) => Some(o),
+            (None, n) => n,
+        };
+        let vote = match (self.vote, newer.vote) {
+            (Some(o), Some(n)) if vote_at_least(&n, &o) => Some(n),
+            (Some(o), _) => Some(o),
+            (None, n) => n,
+        };
+        Mark {
+            vote,
+            last_log: at_least(self.last_log, newer.last_log),
+            applied,
+        }
+    }
+
+    /// Whether the state `stored` (what is on disk now) has lost something
+    /// this mark (`self`, the HSM's) recorded as durable.
+    pub fn behind(&self, stored: &Mark) -> Option<Behind> {
+        if let Some(mine) = self.vote {
+            let ok = stored.vote.is_some_and(|s| vote_at_least(&s, &mine));
+            if !ok {
+                return Some(Behind::Behind(format!(
+                    "the stored vote ({}) is older than the HSM checkpoint's ({})",
+                    show_vote(&stored.vote),
+                    show_vote(&self.vote)
+                )));
+            }
+        }
+        if self.last_log.is_some() && stored.last_log < self.last_log {
+            return Some(Behind::Behind(format!(
+                "the stored log ends at {} but this node had made {} durable (HSM checkpoint)",
+                show_log(&stored.last_log),
+                show_log(&self.last_log)
+            )));
+        }
+        // Applies are written before the fsync that advances the mark, and
+        // that fsync covers them: a disk that applied less than the mark
+        // says lost something too (or was edited).
+        if let Some((at, _)) = self.applied
+            && stored.applied.map(|(l, _)| l) < Some(at)
+        {
+            return Some(Behind::Behind(format!(
+                "the stored state was applied up to {} but this node had applied {} (HSM checkpoint)",
+                show_log(&stored.applied.map(|(l, _)| l)),
+                show_log(&Some(at))
+            )));
+        }
+        if let (Some((at, digest)), Some((stored_at, stored_digest))) =
+            (self.applied, stored.applied)
+            && at == stored_at
+            && digest != stored_digest
+        {
+            return Some(Behind::Forked(format!(
+                "the stored state after entry {}-{} is not the state this node applied there (state digests differ)",
+                at.leader_id.term, at.index
+            )));
+        }
+        None
+    }
+
+    /// Whether a node that was behind this mark has caught up: its log and
+    /// applied state (`now`) reached everything the mark records.
+    pub fn reached_by(&self, now: &Mark) -> bool {
+        let vote = match (self.vote, now.vote) {
+            (Some(mine), Some(n)) => vote_at_least(&n, &mine),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let applied_to = now.applied.map(|(l, _)| l);
+        vote && applied_to >= self.last_log && applied_to >= self.applied.map(|(l, _)| l)
+    }
+
+    /// The bytes of this mark (version 1, postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// A mark from [`Mark::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Mark, String> {
+        match bytes.split_first() {
+            Some((1, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint: {e}")),
+            Some((v, _)) => Err(format!("checkpoint format {v} is not one this build reads")),
+            None => Err("empty checkpoint".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log(term: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 0), index))
+    }
+
+    fn vote(term: u64, node: u64) -> Option<Vote<u64>> {
+        Some(Vote::new(term, node))
+    }
+
+    fn mark(v: u64, t: u64, i: u64, applied: u64, digest: u8) -> Mark {
+        Mark {
+            vote: vote(v, 1),
+            last_log: log(t, i),
+            applied: log(t, applied).map(|l| (l, [digest; 32])),
+        }
+    }
+
+    #[test]
+    fn a_mark_only_grows() {
+        let m = mark(3, 3, 100, 90, 1);
+        // An older or truncated position does not lower it.
+        assert_eq!(m.merge(&mark(2, 2, 50, 40, 2)), m);
+        let later = mark(4, 4, 96, 95, 3);
+        let merged = m.merge(&later);
+        assert_eq!(merged.vote, vote(4, 1));
+        // (4, 96) is after (3, 100): the term comes first.
+        assert_eq!(merged.last_log, log(4, 96));
+        assert_eq!(merged.applied, later.applied);
+        // Parts left out say nothing.
+        assert_eq!(m.merge(&Mark::default()), m);
+        // Another node's vote in the same term is not "greater".
+        let other = Mark {
+            vote: vote(3, 2),
+            ..Mark::default()
+        };
+        assert_eq!(m.merge(&other).vote, vote(3, 1));
+        // The leader of that term, once granted, is.
+        let mut granted = Vote::new(3, 2);
+        granted.commit();
+        let leader = Mark {
+            vote: Some(granted),
+            ..Mark::default()
+        };
+        assert_eq!(m.merge(&leader).vote, Some(granted));
+    }
+
+    #[test]
+    fn an_older_disk_is_behind_and_a_different_one_is_forked() {
+        let hsm = mark(5, 5, 200, 180, 7);
+        assert_eq!(hsm.behind(&hsm), None);
+        assert_eq!(hsm.behind(&mark(6, 6, 210, 205, 9)), None);
+        let restored = mark(3, 3, 120, 120, 4);
+        assert!(matches!(hsm.behind(&restored), Some(Behind::Behind(_))));
+        let empty = Mark::default();
+        assert!(matches!(hsm.behind(&empty), Some(Behind::Behind(_))));
+        // The log intact but the vote rolled back: a double vote waiting.
+        let mut vote_lost = hsm.clone();
+        vote_lost.vote = vote(4, 1);
+        assert!(matches!(hsm.behind(&vote_lost), Some(Behind::Behind(_))));
+        // The log intact but the state applied less (an edited disk).
+        let mut applied_less = hsm.clone();
+        applied_less.applied = log(5, 170).map(|l| (l, [7; 32]));
+        assert!(matches!(hsm.behind(&applied_less), Some(Behind::Behind(_))));
+        let mut forked = hsm.clone();
+        forked.applied = forked.applied.map(|(l, _)| (l, [8; 32]));
+        assert!(matches!(hsm.behind(&forked), Some(Behind::Forked(_))));
+        // No checkpoint yet: nothing to be behind.
+        assert_eq!(Mark::default().behind(&restored), None);
+    }
+
+    #[test]
+    fn the_vote_restored_is_the_greater_and_never_a_resumed_leadership() {
+        let committed = |t, n| {
+            let mut c = Vote::new(t, n);
+            c.commit();
+            c
+        };
+        // The disk's vote is older: the HSM's goes back on disk.
+        assert_eq!(
+            vote_to_restore(Some(committed(5, 3)), Some(committed(4, 1)), 2, true),
+            Some(committed(5, 3))
+        );
+        // The disk is current: nothing to write.
+        assert_eq!(
+            vote_to_restore(Some(committed(5, 3)), Some(committed(5, 3)), 2, false),
+            None
+        );
+        assert_eq!(vote_to_restore(None, None, 2, true), None);
+        // This node led: it keeps the vote, not the leadership.
+        assert_eq!(
+            vote_to_restore(Some(committed(4, 2)), Some(committed(4, 2)), 2, true),
+            Some(Vote::new(4, 2))
+        );
+        assert_eq!(
+            vote_to_restore(Some(committed(4, 2)), Some(Vote::new(3, 2)), 2, false),
+            Some(committed(4, 2))
+        );
+        // A disk ahead of the HSM (it never is, but) wins.
+        assert_eq!(
+            vote_to_restore(Some(Vote::new(3, 1)), Some(committed(4, 1)), 2, false),
+            None
+        );
+    }
+
+    #[test]
+    fn votes_compare_as_raft_orders_them_and_never_panic() {
+        let v = |t, n| Vote::new(t, n);
+        let committed = |t, n| {
+            let mut c = Vote::new(t, n);
+            c.commit();
+            c
+        };
+        assert!(vote_at_least(&v(4, 1), &v(3, 2)));
+        assert!(!vote_at_least(&v(3, 1), &v(4, 1)));
+        assert!(vote_at_least(&v(3, 1), &v(3, 1)));
+        assert!(!vote_at_least(&v(3, 1), &v(3, 2)));
+        assert!(vote_at_least(&committed(3, 2), &v(3, 1)));
+        assert!(!vote_at_least(&v(3, 1), &committed(3, 2)));
+        // Two leaders of one term (a crafted disk): neither, no panic.
+        assert!(!vote_at_least(&committed(3, 1), &committed(3, 2)));
+    }
+
+    #[test]
+    fn caught_up_means_applied_past_the_mark() {
+        let hsm = mark(5, 5, 200, 180, 7);
+        assert!(!hsm.reached_by(&mark(5, 5, 200, 150, 1)));
+        assert!(hsm.reached_by(&mark(5, 5, 200, 200, 1)));
+        assert!(hsm.reached_by(&mark(6, 6, 120, 120, 1)));
+        assert!(!hsm.reached_by(&mark(4, 5, 200, 200, 1)));
+        assert!(Mark::default().reached_by(&Mark::default()));
+    }
+
+    #[test]
+    fn marks_round_trip_and_unknown_formats_are_refused() {
+        let m = mark(5, 5, 200, 180, 7);
+        assert_eq!(Mark::decode(&m.encode()), Ok(m));
+        assert!(Mark::decode(&[2, 0]).is_err());
+        assert!(Mark::decode(&[]).is_err());
+        assert!(Mark::decode(&[1, 0xff, 0xff]).is_err());
+    }
+}
