@@ -146,6 +146,8 @@ if [ "$SCALE" -gt 0 ]; then
 fi
 
 CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
+# The KEK rotation section (scripts/bench-rotation.sh) is kept as it is.
+ROTATION=$(sed -n '/<!-- rotation -->/,/<!-- \/rotation -->/p' docs/BENCHMARKS.md 2>/dev/null || true)
 {
   echo "# Benchmarks"
   echo
@@ -198,6 +200,10 @@ CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
     printf '%s\n' "${SCALE_LINES[@]}" | sed 's/^/- /'
     echo
     echo "What this shows: the request path does not depend on the number of users (the state is an in-memory map backed by RocksDB; the loss against the empty fleet is about a tenth, no more than this shared machine's run-to-run noise: on 2026-11-28, reruns minutes apart gave 195/s at 5 clients with a million users and 223–225/s on an empty fleet), and the state digest every \`Status\` reports is kept incrementally (it was a full rehash, which at 700 000 users stalled the nodes' runtimes into an election storm). A snapshot is the whole state in one buffer: building it holds a RocksDB snapshot and the bytes in memory, and the catching-up node receives it in one stream and installs it in one write batch. Building one takes the node's CPU for its duration: in a run where the automatic snapshots of all three nodes (every 10 000 entries) fell inside the recovery measurement, it dropped to 50/s with p99 0.44 s (2026-11-28), which is why the script now snapshots first; a production fleet wants snapshot builds staggered across nodes and a lower priority for them. While it installs, it hears no heartbeats and raises its term; openraft 0.9 has no pre-vote, so when it comes back the leader steps down once and the fleet holds one election."
+    echo
+  fi
+  if [ -n "$ROTATION" ]; then
+    echo "$ROTATION"
     echo
   fi
   echo "Raw results: \`.fleet/bench/*.json\`."

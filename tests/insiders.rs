@@ -244,7 +244,11 @@ fn a_member_certificate_cannot_forward_operator_or_malformed_commands(
             max_attempts,
         };
         // A well-formed frontend command goes through (the channel works).
-        match driver.forward_once(leader, &proposal(true, register(5, vec![7; 48])))? {
+        // (Bytes shaped like a blob under the fleet's KEK v1: the state
+        // machine takes nothing else.)
+        let mut blob_v1 = vec![1, 0, 0, 0, 1];
+        blob_v1.extend([7; 43]);
+        match driver.forward_once(leader, &proposal(true, register(5, blob_v1)))? {
             Ok(Reply::Vault(Ok(_))) => {}
             other => anyhow::bail!("a well-formed Register was not committed: {other:?}"),
         }

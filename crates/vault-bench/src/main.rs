@@ -105,6 +105,10 @@ enum Workload {
     Delete,
     /// 1 register : 8 recover : 1 wrong : 1 status.
     Mixed,
+    /// Register a new user each time (`<worker's user>-<n>`) and leave it
+    /// registered: fills a fleet with real sealed records (for a KEK
+    /// rotation's rate, say).
+    RegisterNew,
 }
 
 const PASSWORD: &[u8] = b"bench password";
@@ -260,7 +264,7 @@ fn prepare(
         );
         rt.block_on(workers::register_pools(client, &users, per_worker, cap))?
     } else {
-        if args.workload != Workload::Register {
+        if !matches!(args.workload, Workload::Register | Workload::RegisterNew) {
             eprintln!("registering {} users…", users.len());
             rt.block_on(async {
                 for u in &users {

@@ -114,6 +114,11 @@ impl Worker {
         let user = &self.user;
         match op {
             Workload::Register => client.register(user, PASSWORD, cap).await.map(drop),
+            Workload::RegisterNew => {
+                let new = UserId::new(format!("{}-{}", user.as_str(), self.ops))
+                    .map_err(|e| ClientError::Other(e.to_string()))?;
+                client.register(&new, PASSWORD, cap).await.map(drop)
+            }
             Workload::Recover => client.recover(user, PASSWORD).await.map(drop),
             Workload::RecoverWrong => {
                 if self.wrong_left <= 1 {

@@ -128,6 +128,43 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         batch: u32,
     },
+    /// KEK rotation, step 3 (after `vaultctl hsm new-kek` on the founding
+    /// token and the ceremony to every other node): re-seal the fleet's
+    /// secrets and then every live record under KEK version TO, through
+    /// the log, BATCH records per entry, printing progress. Checks first
+    /// that every node's HSM holds TO. Survives a leader change (it follows
+    /// the new leader) and can be run again: it resumes from what the
+    /// replicated state says is left.
+    RotateKek {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The KEK version to move to.
+        #[arg(long)]
+        to: u32,
+        /// Records per log entry (1..=250).
+        #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=250))]
+        batch: u32,
+        /// Stop after this many steps (entries), for a rotation spread over
+        /// time; run the command again to go on.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// How long to keep retrying while no leader answers (seconds).
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// KEK rotation, step 4: destroy KEK version VERSION in every node's
+    /// HSM. Each node first checks that its applied state has nothing live
+    /// under that version and that the fleet has moved on; a node that
+    /// refuses is named, and the command fails. Irreversible: every blob
+    /// sealed under it, in old log segments, snapshots, backups and disk
+    /// copies, becomes unreadable.
+    DestroyKek {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The KEK version to destroy.
+        #[arg(long)]
+        version: u32,
+    },
     /// Build a snapshot on a node and purge the log it covers.
     Snapshot {
         #[command(flatten)]
@@ -147,6 +184,8 @@ impl ClusterCommand {
             | ClusterCommand::Promote { fleet, .. }
             | ClusterCommand::RemoveNode { fleet, .. }
             | ClusterCommand::Preload { fleet, .. }
+            | ClusterCommand::RotateKek { fleet, .. }
+            | ClusterCommand::DestroyKek { fleet, .. }
             | ClusterCommand::Snapshot { fleet, .. } => fleet,
         }
     }
@@ -332,6 +371,138 @@ async fn preload(admin: &Admin, first: u64, users: u64, batch: u32) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cluster rotate-kek`.
+async fn rotate_kek(
+    admin: &Admin,
+    to: u32,
+    batch: u32,
+    steps: Option<u64>,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    // Every node must be able to open what is sealed under the new version
+    // before anything is.
+    let mut lacking = Vec::new();
+    for (id, s) in admin.all_status().await {
+        match s {
+            Ok(s) if s.kek_versions.contains(&to) => {}
+            Ok(s) => lacking.push(format!("node {id} holds KEK versions {:?}", s.kek_versions)),
+            Err(e) => lacking.push(format!("node {id} did not answer: {e}")),
+        }
+    }
+    if !lacking.is_empty() {
+        bail!(
+            "not every node holds KEK v{to} (run `vaultctl hsm new-kek` on the founding token and the ceremony to every node first): {}",
+            lacking.join("; ")
+        );
+    }
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let (mut taken, mut resealed) = (0u64, 0u64);
+    let mut stuck_since: Option<Instant> = None;
+    loop {
+        if steps.is_some_and(|max| taken >= max) {
+            eprintln!("rotate-kek: stopped after {taken} steps as asked; run it again to go on");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let req = vault_proto::v1::RotateKekRequest {
+            target_version: to,
+            batch,
+        };
+        let r = match admin
+            .on_leader(|mut c| async move { c.rotate_kek(req).await })
+            .await
+        {
+            Ok(r) => {
+                stuck_since = None;
+                r
+            }
+            Err(e)
+                if [
+                    "DataLoss",
+                    "FailedPrecondition",
+                    "InvalidArgument",
+                    "PermissionDenied",
+                ]
+                .iter()
+                .any(|code| format!("{e:#}").contains(code)) =>
+            {
+                return Err(e.context("rotate-kek stopped"));
+            }
+            Err(e) => {
+                let since = *stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= wait {
+                    return Err(e.context(format!(
+                        "rotate-kek: no progress for {} s; run it again to resume",
+                        wait.as_secs()
+                    )));
+                }
+                eprintln!("rotate-kek: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        taken += 1;
+        resealed += u64::from(r.resealed);
+        if r.fleet_moved {
+            eprintln!(
+                "rotate-kek: the fleet's secrets are under KEK v{to}; new records are sealed under it"
+            );
+        }
+        let done = r.remaining == 0;
+        if done || last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            eprintln!(
+                "rotate-kek: {resealed} records re-sealed, {} of {} live blobs left, {:.0} records/s",
+                r.remaining,
+                r.live,
+                resealed as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            );
+        }
+        if done {
+            emit_line(&format!(
+                "rotated to KEK v{to}: {resealed} records re-sealed in {:.1} s ({:.0} records/s); destroy the old version with `vaultctl cluster destroy-kek`",
+                started.elapsed().as_secs_f64(),
+                resealed as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// `cluster destroy-kek`: every node, each checking its own state.
+async fn destroy_kek(admin: &Admin, version: u32) -> anyhow::Result<ExitCode> {
+    let mut failed = Vec::new();
+    for &id in admin.fleet.nodes.keys() {
+        let req = vault_proto::v1::DestroyKekRequest { version };
+        let answer = match admin.client(id) {
+            Ok(mut c) => c
+                .destroy_kek(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("{}: {}", code_name(s.code()), s.message())),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match answer {
+            Ok(r) => eprintln!(
+                "node {id}: KEK v{version} destroyed; its HSM holds {:?}",
+                r.kek_versions
+            ),
+            Err(e) => {
+                eprintln!("node {id}: refused or unreachable: {e}");
+                failed.push(id);
+            }
+        }
+    }
+    if failed.is_empty() {
+        emit_line(&format!("KEK v{version} destroyed on every node"));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!(
+            "KEK v{version} is still on nodes {failed:?}: fix what they said and run it again (nodes that destroyed it already say so)"
+        )
+    }
+}
+
 pub(crate) fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
@@ -398,6 +569,8 @@ fn status_json(fleet: &Fleet, all: &[(u64, Result<StatusReply, String>)]) -> ser
                 "ready": s.ready,
                 "not_ready_reason": s.not_ready_reason,
                 "checkpoint_resets": s.checkpoint_resets,
+                "kek_versions": s.kek_versions,
+                "fleet_kek_version": s.fleet_kek_version,
                 "members": s.members.iter().map(|m| json!({
                     "node_id": m.node_id, "datacenter": m.datacenter,
                     "voter": m.voter, "peer_addr": m.peer_addr,
@@ -574,6 +747,20 @@ async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                     ),
                 }
             }
+        }
+        ClusterCommand::RotateKek {
+            fleet,
+            to,
+            batch,
+            steps,
+            wait,
+        } => {
+            let admin = Admin::open(fleet.load()?)?;
+            rotate_kek(&admin, to, batch, steps, Duration::from_secs(wait)).await
+        }
+        ClusterCommand::DestroyKek { fleet, version } => {
+            let admin = Admin::open(fleet.load()?)?;
+            destroy_kek(&admin, version).await
         }
         ClusterCommand::Status {
             fleet,

@@ -41,6 +41,23 @@ pub enum HsmCommand {
     /// Run all three ceremony steps between two SoftHSM directories on this
     /// machine, each step in its own process.
     Ceremony(CeremonyArgs),
+    /// KEK rotation, step 1, on the token that founded the fleet's KEK:
+    /// generate the next KEK version (one above the highest on the token).
+    /// Nothing uses it yet: step 2 copies it to every other node with the
+    /// ceremony (which sends the versions a token lacks), step 3 is
+    /// `vaultctl cluster rotate-kek --to N`, step 4 `vaultctl cluster
+    /// destroy-kek --version OLD`. Prints the new version.
+    NewKek(NewKekArgs),
+}
+
+/// Arguments of `hsm new-kek`.
+#[derive(Debug, Args)]
+pub struct NewKekArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// File holding the user PIN (mode 600).
+    #[arg(long, value_name = "FILE")]
+    user_pin_file: PathBuf,
 }
 
 /// Which token: its label, and where its module and (for SoftHSM) its
@@ -267,7 +284,24 @@ pub fn run(cmd: HsmCommand) -> Result<ExitCode> {
         HsmCommand::WrapKek(a) => wrap_kek(a),
         HsmCommand::ImportKek(a) => import_kek(a),
         HsmCommand::Ceremony(a) => run_ceremony(a),
+        HsmCommand::NewKek(a) => new_kek(a),
     }
+}
+
+#[expect(clippy::print_stdout, reason = "the command's result")]
+fn new_kek(a: NewKekArgs) -> Result<ExitCode> {
+    let user_pin = pin(&a.user_pin_file)?;
+    if let Some(code) = a.token.rerun_for_dir(false)? {
+        return Ok(code);
+    }
+    let version = provision::new_kek(&a.token.module()?, &a.token.label, &user_pin)
+        .with_context(|| format!("new KEK on token {:?}", a.token.label))?;
+    eprintln!(
+        "KEK v{} generated on {:?}; copy it to every other node with the ceremony, then `vaultctl cluster rotate-kek --to {}`",
+        version.0, a.token.label, version.0
+    );
+    println!("{}", version.0);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(a: InitArgs) -> Result<ExitCode> {

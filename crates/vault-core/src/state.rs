@@ -156,6 +156,61 @@ impl VaultState {
         self.users.get(user)
     }
 
+    /// The KEK version the fleet's secrets are sealed under (new records
+    /// are sealed under it too), if the fleet exists.
+    pub fn fleet_kek_version(&self) -> Option<u32> {
+        self.fleet
+            .as_ref()
+            .and_then(|f| vault_types::sealed_kek_version(&f.sealed_server_setup.0))
+    }
+
+    /// How many live blobs (the fleet's two secrets, every active record)
+    /// name each KEK version. Bytes that are not a sealed blob (`Preload`'s
+    /// synthetic records) are counted under `None`. Tombstones hold no
+    /// material.
+    pub fn blobs_by_kek_version(&self) -> BTreeMap<Option<u32>, u64> {
+        let mut out = BTreeMap::new();
+        if let Some(f) = &self.fleet {
+            for b in [&f.sealed_server_setup, &f.sealed_hpke_key] {
+                *out.entry(vault_types::sealed_kek_version(&b.0))
+                    .or_default() += 1;
+            }
+        }
+        for r in self.users.values() {
+            if let RecordStatus::Active { sealed_record, .. } = &r.status {
+                *out.entry(vault_types::sealed_kek_version(&sealed_record.0))
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Up to `max` active records sealed under a KEK version other than
+    /// `version` (and not synthetic), in user order from `after`
+    /// (exclusive): what a rotation re-seals next.
+    pub fn records_not_under(
+        &self,
+        version: u32,
+        after: Option<&UserId>,
+        max: usize,
+    ) -> Vec<(UserId, Generation, SealedBytes)> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.users
+            .range::<UserId, _>((start, Bound::Unbounded))
+            .filter_map(|(u, r)| match &r.status {
+                RecordStatus::Active { sealed_record, .. }
+                    if vault_types::sealed_kek_version(&sealed_record.0)
+                        .is_some_and(|v| v != version) =>
+                {
+                    Some((u.clone(), r.generation, sealed_record.clone()))
+                }
+                _ => None,
+            })
+            .take(max)
+            .collect()
+    }
+
     /// Number of user records, tombstones included.
     pub fn user_count(&self) -> usize {
         self.users.len()
@@ -223,7 +278,11 @@ impl VaultState {
         }
         let mut changed = Vec::new();
         let reply = self.execute(&proposal.command, proposal.at, &mut changed);
-        if let Some(req) = &proposal.request {
+        // A registration refused for its KEK changed nothing and must be
+        // able to succeed on a retry under the same id (sealed again by a
+        // node that applied the rotation): not recorded.
+        let record = !matches!(reply, Err(CommandError::OldKek { .. }));
+        if let Some(req) = proposal.request.as_ref().filter(|_| record) {
             let evicted = self.dedup.insert(
                 req.id,
                 DedupEntry {
@@ -328,7 +387,83 @@ impl VaultState {
                 success,
             } => self.finish_attempt(user, *generation, *success, at, changed),
             Command::Delete { user } => self.delete(user, at, changed),
+            Command::Reseal {
+                kek_version,
+                fleet,
+                records,
+            } => self.reseal(*kek_version, fleet.as_ref(), records, at, changed),
         }
+    }
+
+    fn reseal(
+        &mut self,
+        version: u32,
+        fleet_secrets: Option<&(SealedBytes, SealedBytes)>,
+        records: &[(UserId, Generation, SealedBytes)],
+        at: Timestamp,
+        changed: &mut Vec<StateKey>,
+    ) -> Result<Response, CommandError> {
+        let refuse = |why: String| Err(CommandError::Reseal(why));
+        let fleet = self
+            .fleet
+            .as_mut()
+            .ok_or(CommandError::FleetNotInitialized)?;
+        if records.len() > vault_types::MAX_RESEAL_PER_ENTRY {
+            return refuse(format!("{} records in one entry", records.len()));
+        }
+        let under = |b: &SealedBytes| vault_types::sealed_kek_version(&b.0) == Some(version);
+        if let Some((setup, hpke)) = fleet_secrets {
+            if !under(setup) || !under(hpke) {
+                return refuse(format!(
+                    "the fleet's secrets are not sealed under KEK v{version}"
+                ));
+            }
+            // The fleet's version only moves forward: a replayed or late
+            // entry of an earlier rotation cannot bring an old KEK back.
+            let current = vault_types::sealed_kek_version(&fleet.sealed_server_setup.0);
+            if current.is_some_and(|c| c > version) {
+                return refuse(format!(
+                    "the fleet is at KEK v{} already, after v{version}",
+                    current.unwrap_or_default()
+                ));
+            }
+            fleet.sealed_server_setup = setup.clone();
+            fleet.sealed_hpke_key = hpke.clone();
+            changed.push(StateKey::Fleet);
+        } else if vault_types::sealed_kek_version(&fleet.sealed_server_setup.0) != Some(version) {
+            // Records move only once the fleet has: new registrations are
+            // sealed under the fleet's version, so every record converges.
+            return refuse(format!(
+                "the fleet's secrets are not under KEK v{version} yet"
+            ));
+        }
+        let (mut replaced, mut skipped) = (0u32, 0u32);
+        for (user, _, sealed) in records {
+            if !under(sealed) {
+                return refuse(format!(
+                    "a record for {user} is not sealed under KEK v{version}"
+                ));
+            }
+        }
+        for (user, generation, sealed) in records {
+            match self.users.get_mut(user) {
+                Some(r) if r.generation == *generation => match &mut r.status {
+                    RecordStatus::Active { sealed_record, .. } => {
+                        *sealed_record = sealed.clone();
+                        r.updated_at = at;
+                        changed.push(StateKey::User(user.clone()));
+                        replaced += 1;
+                    }
+                    _ => skipped += 1,
+                },
+                _ => skipped += 1,
+            }
+        }
+        Ok(Response::Resealed {
+            records: replaced,
+            skipped,
+            fleet: fleet_secrets.is_some(),
+        })
     }
 
     fn init_fleet(
@@ -417,6 +552,11 @@ impl VaultState {
                 block = Sha256::digest(block).into();
             }
             record.truncate(PRELOAD_RECORD_LEN);
+            // Format byte 0: never taken for a sealed blob (format 1), so
+            // a KEK rotation walks past synthetic records instead of
+            // trying to open them (one in 256 would otherwise start with
+            // a 1 and name a random KEK version).
+            record[0] = 0;
             let record = SealedBytes(record);
             self.insert_active(&user, Generation(1), &record, cap, at, changed);
             added += 1;
@@ -453,6 +593,20 @@ impl VaultState {
                 given: expected,
             });
         };
+        // The record must be sealed under the fleet's KEK version: a node
+        // that had not yet applied a rotation's first step sealed under
+        // the old one, which may be destroyed soon (refused; a retry
+        // through a node that has applied it succeeds), and anything else
+        // (not a blob, a version from nowhere) would stop a rotation.
+        if let Some(fleet) = self.fleet_kek_version() {
+            let sealed = vault_types::sealed_kek_version(&sealed_record.0);
+            if sealed != Some(fleet) {
+                return Err(CommandError::OldKek {
+                    fleet,
+                    sealed: sealed.unwrap_or(0),
+                });
+            }
+        }
         let generation = Generation(next);
         self.insert_active(user, generation, sealed_record, max_attempts, at, changed);
         Ok(Response::Registered { generation })

@@ -364,6 +364,138 @@ fn bundle_epochs_follow_one_another() {
     );
 }
 
+/// A sealed blob's bytes as far as the state can tell: format 1, KEK
+/// `version`, then `tag`.
+fn blob(version: u32, tag: &str) -> SealedBytes {
+    let mut b = vec![1];
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(tag.as_bytes());
+    SealedBytes(b)
+}
+
+fn reseal(version: u32, fleet: bool, records: Vec<(&str, u64, SealedBytes)>) -> Proposal {
+    prop(Command::Reseal {
+        kek_version: version,
+        fleet: fleet.then(|| (blob(version, "setup"), blob(version, "hpke"))),
+        records: records
+            .into_iter()
+            .map(|(u, g, b)| (user(u), Generation(g), b))
+            .collect(),
+    })
+}
+
+#[test]
+fn reseal_moves_the_fleet_first_and_never_touches_a_budget() {
+    let mut log = Log {
+        state: VaultState::default(),
+        index: 0,
+    };
+    log.ok(prop(Command::InitFleet {
+        fleet_id: FleetId::new("test-fleet").expect("fleet id"),
+        sealed_server_setup: blob(1, "setup"),
+        sealed_hpke_key: blob(1, "hpke"),
+        max_attempts_cap: CAP,
+    }));
+    let reg = |name: &str, version| {
+        prop(Command::Register {
+            user: user(name),
+            expected_generation: Generation(0),
+            sealed_record: blob(version, name),
+            max_attempts: 3,
+        })
+    };
+    log.ok(reg("a", 1));
+    log.ok(reg("b", 1));
+    log.ok(prop(begin("a")));
+    assert_eq!(log.state.fleet_kek_version(), Some(1));
+    // Records cannot move before the fleet's secrets do.
+    assert!(matches!(
+        log.apply(reseal(2, false, vec![("a", 1, blob(2, "a"))])),
+        Err(CommandError::Reseal(_))
+    ));
+    // A blob not under the version the entry names is refused.
+    assert!(matches!(
+        log.apply(prop(Command::Reseal {
+            kek_version: 2,
+            fleet: Some((blob(1, "setup"), blob(2, "hpke"))),
+            records: vec![],
+        })),
+        Err(CommandError::Reseal(_))
+    ));
+    log.ok(reseal(2, true, vec![]));
+    assert_eq!(log.state.fleet_kek_version(), Some(2));
+    // A node that had not applied the move sealed under v1: refused.
+    assert!(matches!(
+        log.apply(reg("c", 1)),
+        Err(CommandError::OldKek {
+            fleet: 2,
+            sealed: 1
+        })
+    ));
+    // Nor a version from nowhere.
+    assert!(matches!(
+        log.apply(reg("c", 9)),
+        Err(CommandError::OldKek { sealed: 9, .. })
+    ));
+    // Refused, not remembered: the same request id succeeds once sealed
+    // under v2.
+    let sealed_under = |version| Command::Register {
+        user: user("d"),
+        expected_generation: Generation(0),
+        sealed_record: blob(version, "d"),
+        max_attempts: 3,
+    };
+    assert!(matches!(
+        log.apply(with_request(sealed_under(1), 9, 9)),
+        Err(CommandError::OldKek { .. })
+    ));
+    assert!(matches!(
+        log.apply(with_request(sealed_under(2), 9, 9)),
+        Ok(Response::Registered { .. })
+    ));
+    log.ok(reg("c", 2));
+    assert_eq!(log.state.records_not_under(2, None, 10).len(), 2);
+    // From a cursor, in user order.
+    assert_eq!(
+        log.state.records_not_under(2, Some(&user("a")), 10).len(),
+        1
+    );
+    // "b" locks out between being read and re-sealed: left alone.
+    log.ok(prop(Command::Delete { user: user("b") }));
+    assert_eq!(
+        log.ok(reseal(
+            2,
+            false,
+            vec![("a", 1, blob(2, "a")), ("b", 1, blob(2, "b"))]
+        )),
+        Response::Resealed {
+            records: 1,
+            skipped: 1,
+            fleet: false
+        }
+    );
+    match log.state.user(&user("a")).map(|r| &r.status) {
+        Some(RecordStatus::Active {
+            sealed_record,
+            attempts_used,
+            max_attempts,
+        }) => {
+            assert_eq!(sealed_record, &blob(2, "a"));
+            assert_eq!((*attempts_used, *max_attempts), (1, 3), "the budget moved");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(log.state.records_not_under(2, None, 10).is_empty());
+    let counts = log.state.blobs_by_kek_version();
+    assert_eq!(counts.get(&Some(1)), None);
+    assert_eq!(counts.get(&Some(2)), Some(&5));
+    // The fleet never goes back to an older version.
+    assert!(matches!(
+        log.apply(reseal(1, true, vec![])),
+        Err(CommandError::Reseal(_))
+    ));
+}
+
 #[test]
 fn preload_adds_synthetic_users_once_and_deterministically() {
     let mut log = Log::new();
@@ -376,7 +508,10 @@ fn preload_adds_synthetic_users_once_and_deterministically() {
             sealed_record,
             attempts_used: 0,
             ..
-        }) => assert_eq!(sealed_record.0.len(), vault_types::PRELOAD_RECORD_LEN),
+        }) => {
+            assert_eq!(sealed_record.0.len(), vault_types::PRELOAD_RECORD_LEN);
+            assert_eq!(vault_types::sealed_kek_version(&sealed_record.0), None);
+        }
         other => panic!("{other:?}"),
     }
     for count in [0, vault_types::MAX_PRELOAD_PER_ENTRY + 1] {

@@ -52,6 +52,30 @@ impl<H: Hsm> AsyncHsm<H> {
             .await
     }
 
+    /// [`Hsm::seal_under`] off the runtime.
+    pub async fn seal_under(
+        &self,
+        version: crate::KekVersion,
+        aad: Vec<u8>,
+        plaintext: SecretBytes,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.run("seal", move |h| {
+            h.seal_under(version, &aad, plaintext.expose())
+        })
+        .await
+    }
+
+    /// [`Hsm::refresh_keks`] off the runtime.
+    pub async fn refresh_keks(&self) -> Result<Vec<crate::KekVersion>, HsmError> {
+        self.run("find KEKs", |h| h.refresh_keks()).await
+    }
+
+    /// [`Hsm::destroy_kek`] off the runtime.
+    pub async fn destroy_kek(&self, version: crate::KekVersion) -> Result<(), HsmError> {
+        self.run("destroy KEK", move |h| h.destroy_kek(version))
+            .await
+    }
+
     /// [`Hsm::unseal`] off the runtime.
     pub async fn unseal(&self, aad: Vec<u8>, blob: Vec<u8>) -> Result<SecretBytes, HsmError> {
         self.run("unseal", move |h| h.unseal(&aad, &blob)).await

@@ -89,6 +89,12 @@ pub enum CeremonyError {
     /// The receiving token already holds a different KEK of this version.
     #[error("token already holds a different KEK v{0}; refusing to replace it")]
     KekConflict(u32),
+    /// The file carries a KEK version this token destroyed (a rotation
+    /// crypto-shredded it): it is never taken back.
+    #[error(
+        "KEK v{0} was destroyed on this token (a rotation shredded it); it is never imported again"
+    )]
+    Destroyed(u32),
 }
 
 impl From<DeviceError> for CeremonyError {
@@ -346,9 +352,16 @@ pub fn import_keks(
     let transport = find_one(&session, ObjectClass::PRIVATE_KEY, TRANSPORT_LABEL)?
         .ok_or_else(|| CeremonyError::NoTransportKey(label.to_owned()))?;
     let existing = find_keks(&session)?;
+    let destroyed = crate::pkcs11::keys::destroyed_keks(&session)?;
     let mut added = Vec::new();
     for kek in &wrapped.keks {
         let version = KekVersion(kek.version);
+        // A version destroyed here stays destroyed: a wrapped file kept
+        // from an earlier ceremony must not bring back what a rotation
+        // shredded.
+        if destroyed.contains(&kek.version) {
+            return Err(CeremonyError::Destroyed(kek.version));
+        }
         if let Some(&have) = existing.get(&version) {
             if check_value(&session, have)? == kek.check_value {
                 continue;

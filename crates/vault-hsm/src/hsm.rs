@@ -22,8 +22,25 @@ pub trait Hsm: Send + Sync + 'static {
     /// version, given the same `aad`.
     fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<SecretBytes, HsmError>;
 
-    /// The KEK version that [`Hsm::seal`] uses now.
+    /// The KEK version that [`Hsm::seal`] uses now: the highest held.
     fn current_kek_version(&self) -> KekVersion;
+
+    /// [`Hsm::seal`] under KEK `version`, which this HSM must hold (the
+    /// fleet's version, which may be below the highest during a rotation).
+    fn seal_under(
+        &self,
+        version: KekVersion,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// Every KEK version on the token, looked up again (a ceremony run by
+    /// another process may have added one while this one ran).
+    fn refresh_keks(&self) -> Result<Vec<KekVersion>, HsmError>;
+
+    /// Destroys KEK `version` on the token for good (crypto-shredding
+    /// every blob sealed under it). Refused when it is the only one left.
+    fn destroy_kek(&self, version: KekVersion) -> Result<(), HsmError>;
 
     /// Signs `message` (ECDSA P-256 with SHA-256) with this node's
     /// attestation key.

@@ -231,6 +231,38 @@ pub fn report(
     report_with(&token, &session)
 }
 
+/// KEK rotation, step 1, on the founding token: generates the next KEK
+/// version (one above the highest this token holds), with the founder's
+/// template (extractable only under SO-trusted keys, for the ceremony).
+/// Returns the new version.
+pub fn new_kek(
+    module: &Path,
+    label: &str,
+    user_pin: &SecretBytes,
+) -> Result<KekVersion, ProvisionError> {
+    let token = Token::find(module, label)?;
+    let session = token.session(true)?;
+    token.login_user(&session, user_pin)?;
+    let keks = crate::pkcs11::keys::find_keks(&session)?;
+    let Some(highest) = keks.keys().next_back() else {
+        return Err(ProvisionError::Device(DeviceError::local(
+            "generate a new KEK",
+            format!(
+                "token {label:?} holds no KEK: rotation starts on the token that founded the fleet's KEK"
+            ),
+        )));
+    };
+    // Above every version this token holds or ever destroyed.
+    let destroyed = crate::pkcs11::keys::destroyed_keks(&session)?;
+    let top = destroyed.last().copied().unwrap_or(0).max(highest.0);
+    let next = top
+        .checked_add(1)
+        .map(KekVersion)
+        .ok_or_else(|| DeviceError::local("generate a new KEK", "KEK versions are exhausted"))?;
+    generate_kek(&session, next)?;
+    Ok(next)
+}
+
 pub(crate) fn report_with(token: &Token, session: &Session) -> Result<KeyReport, ProvisionError> {
     Ok(KeyReport {
         token: token.report()?,

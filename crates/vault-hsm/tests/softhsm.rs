@@ -15,7 +15,9 @@ use vault_hsm::ceremony::{self, CeremonyError, ImportOptions};
 use vault_hsm::conformance::{self, CheckResult};
 use vault_hsm::provision::{self, InitRequest, ProvisionError};
 use vault_hsm::softhsm::{self, SoftHsmDir};
-use vault_hsm::{Hsm, HsmConfig, KeyRole, OpenError, PinSource, Pkcs11Hsm, SecretBytes, TokenKey};
+use vault_hsm::{
+    Hsm, HsmConfig, HsmError, KeyRole, OpenError, PinSource, Pkcs11Hsm, SecretBytes, TokenKey,
+};
 
 const SO_PIN: &str = "so-pin-7f3a91";
 const USER_PIN: &str = "user-pin-52c8e0";
@@ -187,6 +189,11 @@ fn run(dir: &SoftHsmDir) -> ExitCode {
     trials.push(trial(
         "checkpoint::round_trips_and_refuses_a_value_it_did_not_write",
         move || checkpoint_round_trip(&module, &pin_file),
+    ));
+    let (module, pin_file) = (tokens.module.clone(), tokens.pin_file.clone());
+    trials.push(trial(
+        "rotation::a_new_version_reaches_peers_and_destroying_the_old_shreds",
+        move || kek_rotation(&module, &pin_file),
     ));
     let a = Arc::clone(&tokens.a);
     trials.push(trial("secrets::debug_output_is_redacted", move || {
@@ -627,4 +634,108 @@ fn checkpoint_round_trip(module: &Path, pin_file: &Path) -> CheckResult {
         return Err(format!("checkpoint key attributes are {mac:?}"));
     }
     Ok(())
+}
+
+/// KEK rotation on two tokens of their own: a new version on the founder,
+/// sealing under a chosen version, the peer learning the new version from a
+/// ceremony run while it is open, and the old version destroyed: what it
+/// sealed opens nowhere any more, and the last version cannot go.
+fn kek_rotation(module: &Path, pin_file: &Path) -> CheckResult {
+    use vault_hsm::KekVersion;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    init(module, "rot-a", true).map_err(|x| e(&x))?;
+    init(module, "rot-b", false).map_err(|x| e(&x))?;
+    ceremony_between(module, "rot-a", "rot-b", ImportOptions::default()).map_err(|x| e(&x))?;
+    let a = Pkcs11Hsm::open(&config(module, "rot-a", pin_file)).map_err(|x| e(&x))?;
+    let b = Pkcs11Hsm::open(&config(module, "rot-b", pin_file)).map_err(|x| e(&x))?;
+    let old = a.seal(b"aad", b"sealed under v1").map_err(|x| e(&x))?;
+    let made = provision::new_kek(module, "rot-a", &secret(USER_PIN)).map_err(|x| e(&x))?;
+    if made != KekVersion(2) {
+        return Err(format!("new_kek made {made:?}"));
+    }
+    // The open HSM finds the new version on its token.
+    let new = a
+        .seal_under(KekVersion(2), b"aad", b"sealed under v2")
+        .map_err(|x| format!("seal under v2 on the founder: {x}"))?;
+    if a.seal_under(KekVersion(7), b"aad", b"x").is_ok() {
+        return Err("sealed under a version nobody holds".into());
+    }
+    match b.unseal(b"aad", &new) {
+        Err(HsmError::UnknownKekVersion(2)) => {}
+        other => return Err(format!("the peer opened v2 before the ceremony: {other:?}")),
+    }
+    // The SO cannot log in to rot-a while this process holds user
+    // sessions there (the ceremony runs in vaultctl, never in a node).
+    drop(a);
+    // Kept, as a careless operator might keep it: it carries v1 and v2.
+    let transport = ceremony::export_transport_key(module, "rot-b").map_err(|x| e(&x))?;
+    let kept = ceremony::wrap_keks_for(
+        module,
+        "rot-a",
+        &secret(SO_PIN),
+        &secret(USER_PIN),
+        &transport,
+    )
+    .map_err(|x| e(&x))?;
+    ceremony::import_keks(
+        module,
+        "rot-b",
+        &secret(USER_PIN),
+        &kept,
+        ImportOptions::default(),
+    )
+    .map_err(|x| e(&x))?;
+    let a = Pkcs11Hsm::open(&config(module, "rot-a", pin_file)).map_err(|x| e(&x))?;
+    let plain = b
+        .unseal(b"aad", &new)
+        .map_err(|x| format!("the peer after the ceremony: {x}"))?;
+    if plain.expose() != b"sealed under v2" {
+        return Err("v2 blob opened to other bytes".into());
+    }
+    for (name, hsm) in [("rot-a", &a), ("rot-b", &b)] {
+        hsm.destroy_kek(KekVersion(1))
+            .map_err(|x| format!("destroy v1 on {name}: {x}"))?;
+        match hsm.unseal(b"aad", &old) {
+            Err(HsmError::UnknownKekVersion(1)) => {}
+            other => {
+                return Err(format!(
+                    "{name} opened a v1 blob after destroying v1: {other:?}"
+                ));
+            }
+        }
+        if hsm.destroy_kek(KekVersion(2)).is_ok() {
+            return Err(format!("{name} destroyed its last KEK"));
+        }
+        if hsm.refresh_keks().map_err(|x| e(&x))? != vec![KekVersion(2)] {
+            return Err(format!("{name} holds {:?}", hsm.kek_versions()));
+        }
+    }
+    // The kept file does not bring v1 back, and a new version goes above
+    // every version ever destroyed.
+    match ceremony::import_keks(
+        module,
+        "rot-b",
+        &secret(USER_PIN),
+        &kept,
+        ImportOptions::default(),
+    ) {
+        Err(CeremonyError::Destroyed(1)) => {}
+        other => {
+            return Err(format!(
+                "re-importing a kept file after destroying v1: {other:?}"
+            ));
+        }
+    }
+    if b.refresh_keks().map_err(|x| e(&x))? != vec![KekVersion(2)] {
+        return Err(format!(
+            "rot-b holds {:?} after the re-import",
+            b.kek_versions()
+        ));
+    }
+    // A fresh session on the token (a restarted node) finds no v1 either.
+    let again = Pkcs11Hsm::open(&config(module, "rot-b", pin_file)).map_err(|x| e(&x))?;
+    match again.unseal(b"aad", &old) {
+        Err(HsmError::UnknownKekVersion(1)) => Ok(()),
+        other => Err(format!("a reopened token opened a v1 blob: {other:?}")),
+    }
 }

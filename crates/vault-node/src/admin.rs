@@ -9,13 +9,13 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 use vault_fleet::config::Fleet;
-use vault_hsm::{AsyncHsm, Pkcs11Hsm, SecretBytes};
+use vault_hsm::{AsyncHsm, HsmError, KekVersion, Pkcs11Hsm, SecretBytes};
 use vault_proto::v1::admin_server::Admin;
 use vault_proto::v1::{
-    AddLearnerRequest, EvidenceReply, EvidenceRequest, FleetKeys, GetFleetKeysRequest, InitReply,
-    InitRequest, Member, MembershipReply, PreloadReply, PreloadRequest, PromoteRequest,
-    RemoveNodeRequest, Role, SetBundleReply, SetBundleRequest, SnapshotReply, SnapshotRequest,
-    StatusReply, StatusRequest,
+    AddLearnerRequest, DestroyKekReply, DestroyKekRequest, EvidenceReply, EvidenceRequest,
+    FleetKeys, GetFleetKeysRequest, InitReply, InitRequest, Member, MembershipReply, PreloadReply,
+    PreloadRequest, PromoteRequest, RemoveNodeRequest, Role, RotateKekReply, RotateKekRequest,
+    SetBundleReply, SetBundleRequest, SnapshotReply, SnapshotRequest, StatusReply, StatusRequest,
 };
 use vault_raft::Raft;
 use vault_raft::proposer::{ProposeError, Proposer};
@@ -50,6 +50,15 @@ pub struct AdminService {
     pub checkpoint: Arc<crate::checkpoint::HsmCheckpoint>,
     /// The frontend service (for the fleet's public keys).
     pub frontend: Arc<crate::frontend::FrontendService>,
+    /// Where this node's last rotation step stopped (target version, last
+    /// user re-sealed), so that the next step does not walk the users done
+    /// already. Lost with a leader change: the next leader starts from the
+    /// first user, which costs one walk, nothing else.
+    pub rotation_cursor: std::sync::Mutex<Option<(u32, vault_types::UserId)>>,
+    /// One rotation step at a time on this node (two operators' shells
+    /// would otherwise re-seal the same records twice and put two `Reseal`
+    /// entries in one batch).
+    pub rotation_lock: tokio::sync::Mutex<()>,
 }
 
 fn now() -> Timestamp {
@@ -231,6 +240,181 @@ impl AdminService {
     }
 }
 
+/// Live blobs under another KEK version than `target`, and live blobs in
+/// all (synthetic `Preload` records are neither).
+fn blobs_left(state: &vault_core::VaultState, target: u32) -> (u64, u64) {
+    state
+        .blobs_by_kek_version()
+        .into_iter()
+        .filter_map(|(v, n)| v.map(|v| (v, n)))
+        .fold((0, 0), |(left, live), (v, n)| {
+            (left + if v == target { 0 } else { n }, live + n)
+        })
+}
+
+impl AdminService {
+    /// Unseals `blob` (sealed with `aad` under whatever version it names)
+    /// and seals it again under `target`, with the same `aad`.
+    async fn reseal_one(
+        &self,
+        target: KekVersion,
+        aad: Vec<u8>,
+        blob: &SealedBytes,
+    ) -> Result<SealedBytes, HsmError> {
+        let plain = timed_hsm(
+            &self.metrics,
+            "unseal",
+            self.hsm.unseal(aad.clone(), blob.0.clone()),
+        )
+        .await?;
+        let sealed = timed_hsm(
+            &self.metrics,
+            "seal",
+            self.hsm.seal_under(target, aad, plain),
+        )
+        .await?;
+        Ok(SealedBytes(sealed))
+    }
+
+    /// One rotation step (see `RotateKek` in admin.proto).
+    async fn rotate_step(&self, target: u32, batch: usize) -> Result<RotateKekReply, Status> {
+        let _one_at_a_time = self.rotation_lock.lock().await;
+        self.must_lead()?;
+        let version = KekVersion(target);
+        let held = self
+            .hsm
+            .refresh_keks()
+            .await
+            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        if !held.contains(&version) {
+            return Err(Status::failed_precondition(format!(
+                "this node's HSM does not hold KEK v{target}: run the ceremony to every node first"
+            )));
+        }
+        let cursor = self
+            .rotation_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, u)| u);
+        let (fleet, current, records) = self.reader.with_state(|s| {
+            let mut records = s.records_not_under(target, cursor.as_ref(), batch);
+            if records.is_empty() && cursor.is_some() {
+                // Past the end: start over for what was skipped or
+                // registered under the old version meanwhile.
+                records = s.records_not_under(target, None, batch);
+            }
+            (s.fleet().cloned(), s.fleet_kek_version(), records)
+        });
+        if let Some((last, _, _)) = records.last() {
+            *self
+                .rotation_cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((target, last.clone()));
+        }
+        let fleet =
+            fleet.ok_or_else(|| Status::failed_precondition("the fleet is not initialized"))?;
+        if current.is_some_and(|c| c > target) {
+            return Err(Status::failed_precondition(format!(
+                "the fleet is at KEK v{} already; a rotation only moves forward",
+                current.unwrap_or_default()
+            )));
+        }
+        let fleet_id = fleet.fleet_id.clone();
+        let mut reply = RotateKekReply::default();
+        let command = if current != Some(target) {
+            // First the fleet's secrets: from this entry on, every node
+            // seals new records under the new version.
+            let hsm = |e: HsmError| Status::unavailable(format!("HSM: {e}"));
+            let setup = self
+                .reseal_one(
+                    version,
+                    vault_protocol::suite::server_setup_aad(&fleet_id),
+                    &fleet.sealed_server_setup,
+                )
+                .await
+                .map_err(hsm)?;
+            let hpke = self
+                .reseal_one(
+                    version,
+                    vault_protocol::hpke_key_aad(&fleet_id),
+                    &fleet.sealed_hpke_key,
+                )
+                .await
+                .map_err(hsm)?;
+            Command::Reseal {
+                kek_version: target,
+                fleet: Some((setup, hpke)),
+                records: Vec::new(),
+            }
+        } else {
+            let mut resealed = Vec::with_capacity(records.len());
+            for (user, generation, sealed) in records {
+                let aad = vault_protocol::record_aad(&fleet_id, &user, generation);
+                let blob = match self.reseal_one(version, aad, &sealed).await {
+                    Ok(b) => b,
+                    // Not a device trouble: this record opens under no key
+                    // this HSM holds, or not at all. Nobody can recover it,
+                    // and a retry would fail forever.
+                    Err(
+                        e @ (HsmError::MalformedBlob(_)
+                        | HsmError::UnsupportedBlobVersion(_)
+                        | HsmError::UnknownKekVersion(_)
+                        | HsmError::Unauthentic),
+                    ) => {
+                        return Err(Status::data_loss(format!(
+                            "the record of {user} (generation {}) does not open on the leader (node {}): {e}. If no node can open it, nobody can recover it: delete the user (`vaultctl delete`) and run rotate-kek again; if only this node lacks a KEK version, run the ceremony to it",
+                            generation.0, self.node_id
+                        )));
+                    }
+                    Err(e) => return Err(Status::unavailable(format!("HSM: {e}"))),
+                };
+                resealed.push((user, generation, blob));
+            }
+            Command::Reseal {
+                kek_version: target,
+                fleet: None,
+                records: resealed,
+            }
+        };
+        let moves = matches!(&command, Command::Reseal { fleet: Some(_), .. })
+            || matches!(&command, Command::Reseal { records, .. } if !records.is_empty());
+        if moves {
+            let digest = [
+                b"reseal".as_slice(),
+                &target.to_be_bytes(),
+                &rand::random::<[u8; 16]>(),
+            ];
+            match self.commit_reply(&digest, command).await? {
+                Ok(vault_types::Response::Resealed {
+                    records,
+                    skipped,
+                    fleet,
+                }) => {
+                    reply.resealed = records;
+                    reply.skipped = skipped;
+                    reply.fleet_moved = fleet;
+                }
+                Ok(other) => return Err(Status::internal(format!("Reseal answered {other:?}"))),
+                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+            }
+        }
+        let (remaining, live) = self.reader.with_state(|s| blobs_left(s, target));
+        reply.remaining = remaining;
+        reply.live = live;
+        tracing::info!(
+            target_version = target,
+            fleet_moved = reply.fleet_moved,
+            resealed = reply.resealed,
+            skipped = reply.skipped,
+            remaining,
+            "KEK rotation step"
+        );
+        Ok(reply)
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
@@ -250,6 +434,18 @@ impl Admin for AdminService {
             ServerState::Shutdown => Role::Shutdown,
         };
         let me = self.fleet.node(self.node_id).map_err(Status::internal)?;
+        // Status must answer even when the token does not: the versions
+        // last seen, then.
+        let kek_versions = match self.hsm.refresh_keks().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "status: could not look the KEKs up on the token");
+                self.hsm.blocking().kek_versions()
+            }
+        }
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
         Ok(Response::new(StatusReply {
             node_id: self.node_id,
             datacenter: me.datacenter.clone(),
@@ -268,6 +464,11 @@ impl Admin for AdminService {
             ready: self.ready.borrow().is_ok(),
             not_ready_reason: self.ready.borrow().clone().err().unwrap_or_default(),
             checkpoint_resets: self.checkpoint.resets(),
+            kek_versions,
+            fleet_kek_version: self
+                .reader
+                .with_state(|s| s.fleet_kek_version())
+                .unwrap_or(0),
         }))
     }
 
@@ -475,6 +676,76 @@ impl Admin for AdminService {
             .last_applied
             .map_or(0, |l| l.index);
         Ok(Response::new(PreloadReply { added, log_index }))
+    }
+
+    async fn rotate_kek(
+        &self,
+        req: Request<RotateKekRequest>,
+    ) -> Result<Response<RotateKekReply>, Status> {
+        vault_fleet::callers::operator(&req)?;
+        let r = req.into_inner();
+        let max = vault_types::MAX_RESEAL_PER_ENTRY as u32;
+        if r.target_version == 0 || r.batch == 0 || r.batch > max {
+            return Err(Status::invalid_argument(format!(
+                "target_version must be at least 1 and batch 1..={max}"
+            )));
+        }
+        self.rotate_step(r.target_version, r.batch as usize)
+            .await
+            .map(Response::new)
+    }
+
+    async fn destroy_kek(
+        &self,
+        req: Request<DestroyKekRequest>,
+    ) -> Result<Response<DestroyKekReply>, Status> {
+        vault_fleet::callers::operator(&req)?;
+        let v = req.into_inner().version;
+        let (fleet_version, in_use) = self.reader.with_state(|s| {
+            (
+                s.fleet_kek_version(),
+                s.blobs_by_kek_version().get(&Some(v)).copied().unwrap_or(0),
+            )
+        });
+        if fleet_version.is_none_or(|f| v >= f) {
+            return Err(Status::failed_precondition(format!(
+                "this node's applied state has the fleet at KEK v{}: only older versions can be destroyed (rotate first, or let this node catch up)",
+                fleet_version.unwrap_or(0)
+            )));
+        }
+        if in_use > 0 {
+            return Err(Status::failed_precondition(format!(
+                "{in_use} live blobs on this node still name KEK v{v}: finish the rotation (and let this node catch up) first"
+            )));
+        }
+        let held = self
+            .hsm
+            .refresh_keks()
+            .await
+            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        if !held.contains(&KekVersion(v)) {
+            // Destroyed before (a rerun after another node refused): done.
+            return Ok(Response::new(DestroyKekReply {
+                kek_versions: held.into_iter().map(|k| k.0).collect(),
+            }));
+        }
+        self.hsm
+            .destroy_kek(KekVersion(v))
+            .await
+            .map_err(|e| Status::failed_precondition(format!("HSM: {e}")))?;
+        tracing::warn!(
+            version = v,
+            "destroyed KEK version in this node's HSM: every blob sealed under it is unreadable for good"
+        );
+        let kek_versions = self
+            .hsm
+            .refresh_keks()
+            .await
+            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?
+            .into_iter()
+            .map(|k| k.0)
+            .collect();
+        Ok(Response::new(DestroyKekReply { kek_versions }))
     }
 
     async fn evidence(

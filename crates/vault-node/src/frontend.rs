@@ -401,10 +401,18 @@ impl Frontend for FrontendService {
         let Some(next) = expected.0.checked_add(1) else {
             return Err(conflict());
         };
+        // Under the fleet's KEK version (during a rotation, the HSM may
+        // already hold a newer one that not every node has yet).
+        let version = self
+            .reader
+            .with_state(|s| s.fleet_kek_version())
+            .map(vault_hsm::KekVersion)
+            .ok_or_else(not_initialized)?;
         let sealed_record = timed_hsm(
             &self.metrics,
             "seal",
-            self.hsm.seal(
+            self.hsm.seal_under(
+                version,
                 record_aad(secrets.fleet(), &user, Generation(next)),
                 SecretBytes::new(opened.record.encode().to_vec()),
             ),

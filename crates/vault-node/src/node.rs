@@ -233,6 +233,8 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         ready: ready.clone(),
         frontend: frontend.clone(),
         checkpoint: checkpoint.clone(),
+        rotation_cursor: std::sync::Mutex::new(None),
+        rotation_lock: tokio::sync::Mutex::new(()),
     };
 
     // TLS is done here, not by tonic: a connection cap, a handshake

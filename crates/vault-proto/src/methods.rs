@@ -14,6 +14,8 @@ pub const KNOWN: &[&str] = &[
     "Admin/SetBundle",
     "Admin/Evidence",
     "Admin/Preload",
+    "Admin/RotateKek",
+    "Admin/DestroyKek",
     "Frontend/RegisterStart",
     "Frontend/RegisterFinish",
     "Frontend/RecoverStart",

@@ -88,6 +88,39 @@ pub enum Command {
         /// How many, at most [`MAX_PRELOAD_PER_ENTRY`].
         count: u32,
     },
+    /// KEK rotation: material re-sealed by the leader's HSM under KEK
+    /// version `kek_version`. Counters, budgets and generations are never
+    /// touched; a record replaced only if it is still the active record of
+    /// the generation it was re-sealed for (a registration, a lockout or a
+    /// delete in between wins, and the record is simply not replaced).
+    Reseal {
+        /// The KEK version every blob here is sealed under (checked
+        /// against each blob's header).
+        kek_version: u32,
+        /// The fleet's OPAQUE server setup and HPKE key, re-sealed, if this
+        /// entry moves them (the first step of a rotation: from then on,
+        /// new records are sealed under `kek_version`).
+        fleet: Option<(SealedBytes, SealedBytes)>,
+        /// Users' records, each for the generation it was read at.
+        records: Vec<(UserId, Generation, SealedBytes)>,
+    },
+}
+
+/// Most records one `Reseal` entry carries: at most about 150 KB (a user id
+/// of up to 256 bytes and a record of about 320), so that openraft's 300
+/// entries per AppendEntries stay inside the peers' 64 MiB message limit
+/// even when a follower catches up over a run of them (one rotation step
+/// runs at a time on a leader, so one entry carries one `Reseal`).
+pub const MAX_RESEAL_PER_ENTRY: usize = 250;
+
+/// The KEK version a sealed blob names in its header (format 1: a version
+/// byte of 1, then the KEK version, big-endian), or `None` for bytes that
+/// are not such a blob (the synthetic records of `Preload`, say).
+pub fn sealed_kek_version(blob: &[u8]) -> Option<u32> {
+    match blob {
+        [1, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
 }
 
 /// Length of a preloaded user's synthetic sealed record: about a real
@@ -122,7 +155,7 @@ impl Proposal {
     /// - `Register` with a budget of at least one attempt and a sealed
     ///   record; `BeginAttempt`; `FinishAttempt` of a real generation (≥ 1);
     ///   `Delete`.
-    /// - Operator commands (`InitFleet`, `SetBundle`, `Preload`) are never
+    /// - Operator commands (`InitFleet`, `SetBundle`, `Preload`, `Reseal`) are never
     ///   forwarded: the leader takes them from the operator's own
     ///   connection, authenticated by the operator's certificate (whose key
     ///   is in the operator's token), so a node's certificate cannot make
@@ -152,7 +185,10 @@ impl Proposal {
             Command::BeginAttempt { .. }
             | Command::FinishAttempt { .. }
             | Command::Delete { .. } => Ok(()),
-            Command::InitFleet { .. } | Command::SetBundle { .. } | Command::Preload { .. } => Err(
+            Command::InitFleet { .. }
+            | Command::SetBundle { .. }
+            | Command::Preload { .. }
+            | Command::Reseal { .. } => Err(
                 "operator commands are committed on the leader from the operator's connection, never forwarded by a peer",
             ),
         }
@@ -223,6 +259,11 @@ mod tests {
                 epoch: u64::MAX,
             },
             Command::Preload { first: 0, count: 1 },
+            Command::Reseal {
+                kek_version: 2,
+                fleet: None,
+                records: vec![],
+            },
             Command::InitFleet {
                 fleet_id: FleetId::new("f").unwrap(),
                 sealed_server_setup: SealedBytes(vec![1]),

@@ -51,6 +51,15 @@ pub enum Response {
         /// How many were new.
         added: u32,
     },
+    /// Material re-sealed (KEK rotation).
+    Resealed {
+        /// Records replaced.
+        records: u32,
+        /// Records left alone because they changed since they were read.
+        skipped: u32,
+        /// Whether the fleet's secrets were replaced.
+        fleet: bool,
+    },
 }
 
 /// Why a command was refused. Deterministic: every replica refuses alike.
@@ -112,6 +121,24 @@ pub enum CommandError {
         count: u32,
         /// The limit.
         max: u32,
+    },
+    /// A `Reseal` that is malformed: a blob not under the KEK version it
+    /// names, too many records, or records before the fleet's secrets
+    /// moved to that version.
+    #[error("reseal refused: {0}")]
+    Reseal(String),
+    /// A `Register` whose record is not sealed under the fleet's KEK
+    /// version (the proposing node had not applied a rotation yet; 0: not a
+    /// sealed blob at all). Not recorded in the dedup table: a retry under
+    /// the same request id may succeed.
+    #[error(
+        "the record is sealed under KEK v{sealed} (0: not a sealed blob), not the fleet's v{fleet}; register again"
+    )]
+    OldKek {
+        /// The fleet's version.
+        fleet: u32,
+        /// The record's.
+        sealed: u32,
     },
 }
 

@@ -34,12 +34,108 @@ pub(crate) fn kek_label(version: KekVersion) -> String {
     format!("{KEK_LABEL_PREFIX}{}", version.0)
 }
 
+/// The version a KEK label names: exactly `bkv-kek-v<N>` (no sign, no
+/// leading zero), so that two objects can never both pass for one version.
 fn kek_version_of(label: &str) -> Option<KekVersion> {
     label
         .strip_prefix(KEK_LABEL_PREFIX)
         .and_then(|v| v.parse().ok())
         .filter(|v| *v > 0)
         .map(KekVersion)
+        .filter(|v| kek_label(*v) == label)
+}
+
+/// Label of the data objects that record a KEK version destroyed on this
+/// token (one object per version, its value the version, big-endian):
+/// never removed by this code, and undestroyable where the token supports
+/// it. A destroyed version is never used, imported or made again here.
+pub(crate) const KEK_DESTROYED_LABEL: &str = "bkv-kek-destroyed";
+
+/// The KEK versions destroyed on this token.
+pub(crate) fn destroyed_keks(
+    session: &Session,
+) -> Result<std::collections::BTreeSet<u32>, DeviceError> {
+    let handles = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(KEK_DESTROYED_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(|e| DeviceError::from_cryptoki("find destroyed KEK versions", e))?;
+    let mut out = std::collections::BTreeSet::new();
+    for handle in handles {
+        let value = session
+            .get_attributes(handle, &[AttributeType::Value])
+            .map_err(|e| DeviceError::from_cryptoki("read destroyed KEK versions", e))?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let v: [u8; 4] = value.as_slice().try_into().map_err(|_| {
+            DeviceError::local(
+                "read destroyed KEK versions",
+                "a record of a destroyed version is not 4 bytes",
+            )
+        })?;
+        out.insert(u32::from_be_bytes(v));
+    }
+    Ok(out)
+}
+
+/// Records that KEK `version` was destroyed on this token (a read-write,
+/// logged-in session), in an object that is undestroyable where the token
+/// allows it.
+pub(crate) fn record_destroyed_kek(
+    session: &Session,
+    version: KekVersion,
+) -> Result<(), DeviceError> {
+    if destroyed_keks(session)?.contains(&version.0) {
+        return Ok(());
+    }
+    let template = |destroyable: Option<bool>| {
+        let mut t = vec![
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(false),
+            Attribute::Label(KEK_DESTROYED_LABEL.as_bytes().to_vec()),
+            Attribute::Value(version.0.to_be_bytes().to_vec()),
+        ];
+        t.extend(destroyable.map(Attribute::Destroyable));
+        t
+    };
+    match session.create_object(&template(Some(false))) {
+        Ok(_) => Ok(()),
+        // A token without CKA_DESTROYABLE: the record still holds against
+        // every import by this code; a PIN holder could remove it.
+        Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::AttributeTypeInvalid
+            | cryptoki::error::RvError::AttributeValueInvalid
+            | cryptoki::error::RvError::TemplateInconsistent,
+            _,
+        )) => session
+            .create_object(&template(None))
+            .map(drop)
+            .map_err(|e| DeviceError::from_cryptoki("record a destroyed KEK version", e)),
+        Err(e) => Err(DeviceError::from_cryptoki(
+            "record a destroyed KEK version",
+            e,
+        )),
+    }
+}
+
+/// Every object labelled as KEK `version` (normally one).
+pub(crate) fn kek_objects(
+    session: &Session,
+    version: KekVersion,
+) -> Result<Vec<ObjectHandle>, DeviceError> {
+    session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(kek_label(version).into_bytes()),
+        ])
+        .map_err(|e| DeviceError::from_cryptoki("find KEK", e))
 }
 
 /// Attributes every KEK carries, generated or received: sensitive, usable
@@ -77,9 +173,12 @@ pub(crate) fn find_keks(
             Attribute::KeyType(KeyType::AES),
         ])
         .map_err(|e| DeviceError::from_cryptoki("find KEKs", e))?;
+    let destroyed = destroyed_keks(session)?;
     let mut keks = BTreeMap::new();
     for handle in handles {
-        if let Some(version) = kek_version_of(&label_of(session, handle)?) {
+        if let Some(version) = kek_version_of(&label_of(session, handle)?)
+            && !destroyed.contains(&version.0)
+        {
             keks.insert(version, handle);
         }
     }

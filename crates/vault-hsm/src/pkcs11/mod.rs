@@ -33,8 +33,7 @@ pub struct Pkcs11Hsm {
     token: Token,
     pin: SecretBytes,
     pool: SessionPool,
-    keks: BTreeMap<KekVersion, ObjectHandle>,
-    current: KekVersion,
+    keks: std::sync::RwLock<BTreeMap<KekVersion, ObjectHandle>>,
     attestation: ObjectHandle,
     attestation_public: AttestationPublicKey,
 }
@@ -45,7 +44,7 @@ impl fmt::Debug for Pkcs11Hsm {
             .field("token", &self.token.label)
             .field(
                 "kek_versions",
-                &self.keks.keys().map(|v| v.0).collect::<Vec<_>>(),
+                &self.kek_versions().iter().map(|v| v.0).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -69,10 +68,9 @@ impl Pkcs11Hsm {
             what,
             object,
         };
-        let current = *keks
-            .keys()
-            .next_back()
-            .ok_or_else(|| missing("fleet KEK", keys::kek_label(KekVersion(1))))?;
+        if keks.is_empty() {
+            return Err(missing("fleet KEK", keys::kek_label(KekVersion(1))));
+        }
         let (attestation, attestation_public) = match (attestation, attestation_public) {
             (Some(h), Some(p)) => (h, p),
             _ => {
@@ -86,8 +84,7 @@ impl Pkcs11Hsm {
             token,
             pin,
             pool,
-            keks,
-            current,
+            keks: std::sync::RwLock::new(keks),
             attestation,
             attestation_public,
         })
@@ -100,7 +97,24 @@ impl Pkcs11Hsm {
 
     /// Every KEK version this HSM holds.
     pub fn kek_versions(&self) -> Vec<KekVersion> {
-        self.keks.keys().copied().collect()
+        self.keks_now().keys().copied().collect()
+    }
+
+    fn keks_now(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<KekVersion, ObjectHandle>> {
+        self.keks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handle of KEK `version`, looking the token up again once if this
+    /// process has not seen it yet.
+    fn kek(&self, version: KekVersion) -> Result<ObjectHandle, HsmError> {
+        if let Some(&h) = self.keks_now().get(&version) {
+            return Ok(h);
+        }
+        self.refresh_keks()?;
+        self.keks_now()
+            .get(&version)
+            .copied()
+            .ok_or(HsmError::UnknownKekVersion(version.0))
     }
 
     fn with_session<T>(
@@ -150,14 +164,23 @@ fn device(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> HsmError {
 
 impl Hsm for Pkcs11Hsm {
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.seal_under(self.current_kek_version(), aad, plaintext)
+    }
+
+    fn seal_under(
+        &self,
+        version: KekVersion,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(HsmError::TooLarge {
                 len: plaintext.len(),
                 max: MAX_PLAINTEXT,
             });
         }
-        let kek = self.keks[&self.current];
-        let header = blob::header(self.current);
+        let kek = self.kek(version)?;
+        let header = blob::header(version);
         let gcm_aad = blob::gcm_aad(&header, aad);
         self.with_session(|s| {
             let mut iv = [0u8; IV_LEN];
@@ -169,16 +192,13 @@ impl Hsm for Pkcs11Hsm {
             let ciphertext = s
                 .encrypt(&Mechanism::AesGcm(params), kek, plaintext)
                 .map_err(device("seal"))?;
-            Ok(blob::assemble(self.current, &iv, &ciphertext))
+            Ok(blob::assemble(version, &iv, &ciphertext))
         })
     }
 
     fn unseal(&self, aad: &[u8], bytes: &[u8]) -> Result<SecretBytes, HsmError> {
         let parsed = SealedBlob::parse(bytes)?;
-        let kek = *self
-            .keks
-            .get(&parsed.kek_version)
-            .ok_or(HsmError::UnknownKekVersion(parsed.kek_version.0))?;
+        let kek = self.kek(parsed.kek_version)?;
         let gcm_aad = parsed.gcm_aad(aad);
         self.with_session(|s| {
             let mut iv = *parsed.iv;
@@ -205,7 +225,63 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn current_kek_version(&self) -> KekVersion {
-        self.current
+        // Never empty: open refuses a token without a KEK, and
+        // destroy_kek keeps the last one.
+        self.keks_now()
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(KekVersion(1))
+    }
+
+    fn refresh_keks(&self) -> Result<Vec<KekVersion>, HsmError> {
+        let found = self.with_session(|s| Ok(find_keks(s)?))?;
+        let versions = found.keys().copied().collect();
+        if !found.is_empty() {
+            *self.keks.write().unwrap_or_else(|p| p.into_inner()) = found;
+        }
+        Ok(versions)
+    }
+
+    fn destroy_kek(&self, version: KekVersion) -> Result<(), HsmError> {
+        let found = self.with_session(|s| Ok(find_keks(s)?))?;
+        if !found.contains_key(&version) {
+            return Err(HsmError::UnknownKekVersion(version.0));
+        }
+        if found.len() < 2 {
+            return Err(HsmError::Device(DeviceError::local(
+                "destroy a KEK",
+                format!("KEK v{} is the only one on this token", version.0),
+            )));
+        }
+        // Forget it first: no seal or unseal starts with it from now on.
+        let mut remaining = found;
+        remaining.remove(&version);
+        *self.keks.write().unwrap_or_else(|p| p.into_inner()) = remaining;
+        // The pool's sessions are read-only; destroying takes a read-write
+        // one (logged in already: PKCS#11 login state is per application).
+        let session = self.token.session(true).map_err(HsmError::Device)?;
+        self.token
+            .login_user(&session, &self.pin)
+            .map_err(|e| HsmError::Device(DeviceError::local("log in", e.to_string())))?;
+        // Recorded first: a crash after it leaves a version this token
+        // will never use or take back, which is what was asked.
+        keys::record_destroyed_kek(&session, version)?;
+        for handle in keys::kek_objects(&session, version)? {
+            session
+                .destroy_object(handle)
+                .map_err(device("destroy KEK"))?;
+        }
+        if !keys::kek_objects(&session, version)?.is_empty() {
+            return Err(HsmError::Device(DeviceError::local(
+                "destroy a KEK",
+                format!(
+                    "KEK v{} is still on the token after C_DestroyObject",
+                    version.0
+                ),
+            )));
+        }
+        Ok(())
     }
 
     fn sign(&self, message: &[u8]) -> Result<AttestationSignature, HsmError> {

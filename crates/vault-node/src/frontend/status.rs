@@ -106,6 +106,11 @@ pub fn refused(e: CommandError) -> Status {
             ErrorKind::SessionExpired,
             "the record changed since this session began",
         ),
+        // Refused before anything changed; another try (through a node
+        // that has applied the rotation) succeeds.
+        CommandError::OldKek { .. } => unavailable(
+            "this node sealed under the fleet's previous KEK (a rotation was under way); try again",
+        ),
         other => internal(other.to_string()),
     }
 }
