@@ -593,19 +593,19 @@ impl VaultState {
                 given: expected,
             });
         };
-        // The record must be sealed under the fleet's KEK version: a node
-        // that had not yet applied a rotation's first step sealed under
-        // the old one, which may be destroyed soon (refused; a retry
-        // through a node that has applied it succeeds), and anything else
-        // (not a blob, a version from nowhere) would stop a rotation.
-        if let Some(fleet) = self.fleet_kek_version() {
-            let sealed = vault_types::sealed_kek_version(&sealed_record.0);
-            if sealed != Some(fleet) {
-                return Err(CommandError::OldKek {
-                    fleet,
-                    sealed: sealed.unwrap_or(0),
-                });
-            }
+        // A record sealed under another KEK version than the fleet's: a
+        // node that had not yet applied a rotation's first step sealed
+        // under the old one, which may be destroyed soon (refused; a retry
+        // through a node that has applied it succeeds), or a version from
+        // nowhere. Bytes that are no sealed blob at all (which no node
+        // makes) are no KEK's business: they open under no key, and a
+        // rotation walks past them.
+        if let (Some(fleet), Some(sealed)) = (
+            self.fleet_kek_version(),
+            vault_types::sealed_kek_version(&sealed_record.0),
+        ) && sealed != fleet
+        {
+            return Err(CommandError::OldKek { fleet, sealed });
         }
         let generation = Generation(next);
         self.insert_active(user, generation, sealed_record, max_attempts, at, changed);

@@ -180,12 +180,16 @@ impl Driver {
 
     /// Registers user `user-<i>` (with request id derived from `i`).
     pub fn register(&self, i: u32) -> anyhow::Result<Reply> {
+        // Synthetic bytes, never shaped like a sealed blob (format byte 0),
+        // so the state machine does not take them for one under some KEK.
+        let mut sealed = vec![i as u8; 48];
+        sealed[0] = 0;
         self.propose(
             request_id(b'r', i),
             Command::Register {
                 user: user(i),
                 expected_generation: Generation(0),
-                sealed_record: SealedBytes(vec![i as u8; 48]),
+                sealed_record: SealedBytes(sealed),
                 max_attempts: 5,
             },
             Duration::from_secs(20),

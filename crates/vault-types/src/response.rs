@@ -127,13 +127,11 @@ pub enum CommandError {
     /// moved to that version.
     #[error("reseal refused: {0}")]
     Reseal(String),
-    /// A `Register` whose record is not sealed under the fleet's KEK
-    /// version (the proposing node had not applied a rotation yet; 0: not a
-    /// sealed blob at all). Not recorded in the dedup table: a retry under
-    /// the same request id may succeed.
-    #[error(
-        "the record is sealed under KEK v{sealed} (0: not a sealed blob), not the fleet's v{fleet}; register again"
-    )]
+    /// A `Register` whose record is sealed under another KEK version than
+    /// the fleet's (the proposing node had not applied a rotation yet). Not
+    /// recorded in the dedup table: a retry under the same request id may
+    /// succeed.
+    #[error("the record is sealed under KEK v{sealed}, not the fleet's v{fleet}; register again")]
     OldKek {
         /// The fleet's version.
         fleet: u32,
