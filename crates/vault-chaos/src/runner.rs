@@ -304,6 +304,8 @@ impl Run<'_> {
     }
 
     /// Recovers every acknowledged user once with the right password.
+    /// Busy answers are retried for up to `BUSY_RETRIES` × 2 s, past the
+    /// nodes' 60 s session lifetime.
     fn final_recoveries(&mut self) -> BTreeMap<String, Final> {
         let mut users = self.history.users();
         users.extend(self.extra_users.iter().cloned());
@@ -317,17 +319,33 @@ impl Run<'_> {
                     let (f, h) = (f.clone(), h.clone());
                     async move {
                         let mut last = None;
-                        for attempt in 0..3 {
+                        let (mut attempt, mut busy) = (0, 0);
+                        while attempt < 3 {
                             let op = f.recover(&h, RUNNER, u, true, (i + attempt) % n).await;
                             h.push(op.clone());
                             let outcome = final_of(&op);
+                            // A node that still holds the user's login
+                            // states from calls whose clients gave up (the
+                            // per-user cap) answers "busy", which commits
+                            // nothing: wait them out (a session lives 60 s)
+                            // rather than call the user lost.
+                            let is_busy = matches!(
+                                outcome,
+                                Final::Failed(ref m) if m.contains("ResourceExhausted")
+                            );
                             let retry =
                                 matches!(outcome, Final::Failed(ref m) if m.starts_with("unknown"));
                             last = Some(outcome);
                             if !retry {
                                 break;
                             }
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            if is_busy && busy < BUSY_RETRIES {
+                                busy += 1;
+                            } else {
+                                attempt += 1;
+                            }
+                            tokio::time::sleep(Duration::from_secs(if is_busy { 2 } else { 1 }))
+                                .await;
                         }
                         (
                             u.id.clone(),
@@ -343,6 +361,9 @@ impl Run<'_> {
         })
     }
 }
+
+/// How many "busy" answers a final recovery waits out (2 s apart).
+const BUSY_RETRIES: usize = 35;
 
 fn final_of(op: &Op) -> Final {
     match (&op.outcome, &op.finish) {
