@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use vault_fleet::identity::Identity;
 use vault_testkit::client::Driver;
-use vault_testkit::{FleetSpec, Template, TestFleet};
+use vault_testkit::{FleetSpec, Template, TestFleet, copy_tree};
 use vault_types::{
     Command, FleetId, Generation, Proposal, Reply, RequestDigest, RequestId, RequestMeta,
     SealedBytes, Timestamp, UserId,
@@ -89,35 +89,6 @@ fn poison_bundle() -> Command {
         bundle: b"not a bundle".to_vec(),
         epoch: u64::MAX,
     }
-}
-
-/// Copies every file under `from` into `to`, except the top-level entries
-/// named in `skip`. Files that vanish while copying (RocksDB compacts under
-/// a running node) are left out.
-fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> anyhow::Result<usize> {
-    let mut copied = 0;
-    let mut stack = vec![(from.to_owned(), to.to_owned(), true)];
-    while let Some((src, dst, top)) = stack.pop() {
-        std::fs::create_dir_all(&dst)?;
-        for entry in std::fs::read_dir(&src)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if top && skip.iter().any(|s| name == *s) {
-                continue;
-            }
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push((entry.path(), dst.join(&name), false));
-            } else if kind.is_file() {
-                match std::fs::copy(entry.path(), dst.join(&name)) {
-                    Ok(_) => copied += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).context(format!("copy {}", entry.path().display())),
-                }
-            }
-        }
-    }
-    Ok(copied)
 }
 
 /// Every file under `dir` holding a PEM private key, whatever its name.
@@ -372,12 +343,7 @@ fn stop(fleet: &mut TestFleet, ids: &[u64]) -> TestResult {
 
 /// Puts the copy in `from` back as node `id`'s data directory.
 fn restore(fleet: &TestFleet, id: u64, from: &Path) -> TestResult {
-    let dir = fleet
-        .fleet()
-        .node(id)
-        .map_err(anyhow::Error::msg)?
-        .data_dir
-        .clone();
+    let dir = fleet.data_dir(id)?;
     std::fs::remove_dir_all(&dir)?;
     copy_tree(from, &dir, &[])?;
     Ok(())
@@ -503,12 +469,7 @@ fn a_node_restored_alone_catches_up_and_serves_the_current_counters(
         fleet.wait_converged(CONVERGE)?;
         stop(&mut fleet, &[3])?;
         let backup = tempfile::tempdir()?;
-        let dir3 = fleet
-            .fleet()
-            .node(3)
-            .map_err(anyhow::Error::msg)?
-            .data_dir
-            .clone();
+        let dir3 = fleet.data_dir(3)?;
         copy_tree(&dir3, backup.path(), &[])?;
         fleet.start(3)?;
         fleet.wait_converged(CONVERGE)?;
@@ -566,12 +527,7 @@ fn a_restored_node_does_not_follow_a_leader_of_a_term_it_left(template: &Templat
         let (a, l) = (others[0], others[1]);
         stop(&mut fleet, &[a])?;
         let backup = tempfile::tempdir()?;
-        let dir_a = fleet
-            .fleet()
-            .node(a)
-            .map_err(anyhow::Error::msg)?
-            .data_dir
-            .clone();
+        let dir_a = fleet.data_dir(a)?;
         copy_tree(&dir_a, backup.path(), &[])?;
         fleet.start(a)?;
         fleet.wait_converged(CONVERGE)?;

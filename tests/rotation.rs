@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
-use vault_testkit::{FleetSpec, Template, TestFleet};
+use vault_testkit::{FleetSpec, Template, TestFleet, copy_tree};
 use vault_types::{Command, UserId, sealed_kek_version};
 
 type TestResult = anyhow::Result<()>;
@@ -28,21 +28,6 @@ fn main() -> ExitCode {
 }
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// Copies the directory tree `from` to `to`.
-fn copy_tree(from: &Path, to: &Path) -> TestResult {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
 
 /// The KEK version of every sealed blob a data directory holds: in its
 /// applied state and in every log entry still on disk (registrations of
@@ -122,13 +107,8 @@ fn a_rotation_survives_a_leader_kill_and_shreds_what_old_copies_hold(
         // The copy an attacker keeps: node 3's disk before the rotation.
         fleet.terminate(3, Duration::from_secs(20))?;
         let copy = tempfile::tempdir()?;
-        let dir3 = fleet
-            .fleet()
-            .node(3)
-            .map_err(anyhow::Error::msg)?
-            .data_dir
-            .clone();
-        copy_tree(&dir3, copy.path())?;
+        let dir3 = fleet.data_dir(3)?;
+        copy_tree(&dir3, copy.path(), &[])?;
         fleet.start(3)?;
         fleet.wait_converged(CONVERGE)?;
 
@@ -262,14 +242,9 @@ fn a_rotation_survives_a_leader_kill_and_shreds_what_old_copies_hold(
         );
         // A disk made after the rotation has nothing under v1 left live.
         fleet.terminate(2, Duration::from_secs(20))?;
-        let dir2 = fleet
-            .fleet()
-            .node(2)
-            .map_err(anyhow::Error::msg)?
-            .data_dir
-            .clone();
+        let dir2 = fleet.data_dir(2)?;
         let after = tempfile::tempdir()?;
-        copy_tree(&dir2, after.path())?;
+        copy_tree(&dir2, after.path(), &[])?;
         fleet.start(2)?;
         let (_, sm) = vault_storage::open(after.path())?;
         let live = sm.reader().with_state(|s| s.blobs_by_kek_version());

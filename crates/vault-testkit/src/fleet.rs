@@ -533,17 +533,22 @@ impl TestFleet {
         crate::client::connect(addr, Some(tls)).await
     }
 
+    /// Node `id`'s data directory (copy or replace it only while the node
+    /// is stopped).
+    pub fn data_dir(&self, id: u64) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .fleet
+            .node(id)
+            .map_err(anyhow::Error::msg)?
+            .data_dir
+            .clone())
+    }
+
     /// Every file under node `id`'s data directory, concatenated with its
     /// log: what a disk thief or a log reader would get.
     pub fn disk_and_logs(&self, id: u64) -> anyhow::Result<Vec<u8>> {
         let mut out = std::fs::read(self.log_path(id)).unwrap_or_default();
-        let mut stack = vec![
-            self.fleet
-                .node(id)
-                .map_err(anyhow::Error::msg)?
-                .data_dir
-                .clone(),
-        ];
+        let mut stack = vec![self.data_dir(id)?];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
@@ -606,4 +611,34 @@ pub fn node_status(status: &serde_json::Value, id: u64) -> Option<&serde_json::V
         .as_array()?
         .iter()
         .find(|n| n["node_id"].as_u64() == Some(id))
+}
+
+/// Copies the directory tree `from` into `to` (created), leaving out the
+/// top-level entries named in `skip`; files that vanish while it runs are
+/// skipped (RocksDB compacts under a running node). Returns how many
+/// files it copied.
+pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> anyhow::Result<usize> {
+    let mut copied = 0;
+    let mut stack = vec![(from.to_owned(), to.to_owned(), true)];
+    while let Some((src, dst, top)) = stack.pop() {
+        std::fs::create_dir_all(&dst)?;
+        for entry in std::fs::read_dir(&src)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if top && skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push((entry.path(), dst.join(&name), false));
+            } else if kind.is_file() {
+                match std::fs::copy(entry.path(), dst.join(&name)) {
+                    Ok(_) => copied += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).context(format!("copy {}", entry.path().display())),
+                }
+            }
+        }
+    }
+    Ok(copied)
 }

@@ -56,7 +56,7 @@ pub fn run_fleet_tests(
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-pub use fleet::{TestFleet, node_status};
+pub use fleet::{TestFleet, copy_tree, node_status};
 pub use process::{Bins, free_ports};
 pub use spec::{ELECTION_MS, FleetSpec, source_ip};
 pub use template::Template;
