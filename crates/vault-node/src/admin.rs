@@ -61,6 +61,11 @@ pub struct AdminService {
     pub rotation_lock: tokio::sync::Mutex<()>,
 }
 
+/// An HSM call that failed: worth a retry later.
+fn hsm_unavailable(e: HsmError) -> Status {
+    Status::unavailable(format!("HSM: {e}"))
+}
+
 fn now() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,7 +151,7 @@ impl AdminService {
     async fn commit_init_fleet(&self) -> Result<(), Status> {
         let seed = timed_hsm(&self.metrics, "random", self.hsm.random(64))
             .await
-            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+            .map_err(hsm_unavailable)?;
         let mut opaque_seed = zeroize::Zeroizing::new([0u8; 32]);
         let mut hpke_seed = zeroize::Zeroizing::new([0u8; 32]);
         opaque_seed.copy_from_slice(&seed.expose()[..32]);
@@ -163,7 +168,7 @@ impl AdminService {
             ),
         )
         .await
-        .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        .map_err(hsm_unavailable)?;
         let sealed_hpke_key = timed_hsm(
             &self.metrics,
             "seal",
@@ -173,7 +178,7 @@ impl AdminService {
             ),
         )
         .await
-        .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        .map_err(hsm_unavailable)?;
         let command = Command::InitFleet {
             fleet_id: self.fleet.fleet_id.clone(),
             sealed_server_setup: SealedBytes(sealed),
@@ -281,11 +286,7 @@ impl AdminService {
         let _one_at_a_time = self.rotation_lock.lock().await;
         self.must_lead()?;
         let version = KekVersion(target);
-        let held = self
-            .hsm
-            .refresh_keks()
-            .await
-            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        let held = self.hsm.refresh_keks().await.map_err(hsm_unavailable)?;
         if !held.contains(&version) {
             return Err(Status::failed_precondition(format!(
                 "this node's HSM does not hold KEK v{target}: run the ceremony to every node first"
@@ -326,7 +327,6 @@ impl AdminService {
         let command = if current != Some(target) {
             // First the fleet's secrets: from this entry on, every node
             // seals new records under the new version.
-            let hsm = |e: HsmError| Status::unavailable(format!("HSM: {e}"));
             let setup = self
                 .reseal_one(
                     version,
@@ -334,7 +334,7 @@ impl AdminService {
                     &fleet.sealed_server_setup,
                 )
                 .await
-                .map_err(hsm)?;
+                .map_err(hsm_unavailable)?;
             let hpke = self
                 .reseal_one(
                     version,
@@ -342,7 +342,7 @@ impl AdminService {
                     &fleet.sealed_hpke_key,
                 )
                 .await
-                .map_err(hsm)?;
+                .map_err(hsm_unavailable)?;
             Command::Reseal {
                 kek_version: target,
                 fleet: Some((setup, hpke)),
@@ -368,7 +368,7 @@ impl AdminService {
                             generation.0, self.node_id
                         )));
                     }
-                    Err(e) => return Err(Status::unavailable(format!("HSM: {e}"))),
+                    Err(e) => return Err(hsm_unavailable(e)),
                 };
                 resealed.push((user, generation, blob));
             }
@@ -718,11 +718,7 @@ impl Admin for AdminService {
                 "{in_use} live blobs on this node still name KEK v{v}: finish the rotation (and let this node catch up) first"
             )));
         }
-        let held = self
-            .hsm
-            .refresh_keks()
-            .await
-            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?;
+        let held = self.hsm.refresh_keks().await.map_err(hsm_unavailable)?;
         if !held.contains(&KekVersion(v)) {
             // Destroyed before (a rerun after another node refused): done.
             return Ok(Response::new(DestroyKekReply {
@@ -741,7 +737,7 @@ impl Admin for AdminService {
             .hsm
             .refresh_keks()
             .await
-            .map_err(|e| Status::unavailable(format!("HSM: {e}")))?
+            .map_err(hsm_unavailable)?
             .into_iter()
             .map(|k| k.0)
             .collect();
