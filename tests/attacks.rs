@@ -68,6 +68,10 @@ fn main() -> ExitCode {
             a_replayed_recover_start_gives_no_ke2_under_a_new_registration,
         ),
         (
+            "a_retried_register_finish_gets_its_first_answer",
+            a_retried_register_finish_gets_its_first_answer,
+        ),
+        (
             "a_ke3_for_another_users_session_changes_nothing",
             a_ke3_for_another_users_session_changes_nothing,
         ),
@@ -989,11 +993,14 @@ fn a_replayed_recover_start_gives_no_ke2_under_a_new_registration(
             app.register(&mut c1, &alice, b"second", 5).await?;
             let before = status(&mut c1, &alice).await?;
             // On another node (no login state of it there) and on the same.
+            // Issue 25: on the same node the cached answer (the old
+            // record's KE2) came back; docs/PROTOCOL.md §6 says
+            // SESSION_EXPIRED, and now both nodes say it.
             for (name, c) in [("another node", &mut c2), ("the same node", &mut c1)] {
                 match recover_start(c, &alice, &ke1, &id).await {
-                    Ok(r) => ensure!(
-                        r.ke2 == first.ke2,
-                        "{name}: the replay released a KE2 under the new registration"
+                    Ok(r) => anyhow::bail!(
+                        "{name}: the replay was answered (the first KE2 again: {}) after the user registered again",
+                        r.ke2 == first.ke2
                     ),
                     Err(s) => ensure!(
                         kind(&s) == Kind::SessionExpired,
@@ -1007,6 +1014,43 @@ fn a_replayed_recover_start_gives_no_ke2_under_a_new_registration(
             ensure!(
                 after.attempts_left == before.attempts_left,
                 "the replay consumed an attempt of the new record: {before:?} -> {after:?}"
+            );
+            Ok(())
+        })
+    })
+}
+
+/// Issue 25: a `RegisterFinish` retried with the same request id and the
+/// same bytes after it succeeded (its answer lost on the way) gets the
+/// first execution's answer, as docs/PROTOCOL.md §6 promises; it was
+/// CONFLICT, and a client could not learn that its registration had
+/// succeeded. The retry changes nothing.
+fn a_retried_register_finish_gets_its_first_answer(template: &Template) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c1 = fleet.frontend(1).await?;
+            let mut c2 = fleet.frontend(2).await?;
+            let app = App::new(fleet);
+            let alice = user("alice");
+            let relayed = app.register(&mut c1, &alice, b"right one", 3).await?;
+            let before = status(&mut c1, &alice).await?;
+            for c in [&mut c1, &mut c2] {
+                let again = c.register_finish(relayed.finish.clone()).await;
+                match again {
+                    Ok(r) => ensure!(
+                        r.get_ref().generation == before.generation,
+                        "the retry answered another generation: {:?} (status {before:?})",
+                        r.into_inner()
+                    ),
+                    Err(s) => {
+                        anyhow::bail!("the retry was refused as {:?}: {}", kind(&s), s.message())
+                    }
+                }
+            }
+            let after = status(&mut c1, &alice).await?;
+            ensure!(
+                after == before,
+                "the retry changed the user: {before:?} -> {after:?}"
             );
             Ok(())
         })

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use vault_fleet::identity::Identity;
 use vault_testkit::client::Driver;
-use vault_testkit::{FleetSpec, Template, TestFleet, copy_tree};
+use vault_testkit::{Template, TestFleet, copy_tree};
 use vault_types::{
     Command, FleetId, Generation, Proposal, Reply, RequestDigest, RequestId, RequestMeta,
     SealedBytes, Timestamp, UserId,
@@ -59,14 +59,6 @@ fn main() -> ExitCode {
 }
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn started(template: &Template) -> anyhow::Result<TestFleet> {
-    let mut fleet = TestFleet::create(template, &FleetSpec::voters(3))?;
-    fleet.start_all(1..=3)?;
-    fleet.init()?;
-    fleet.wait_converged(CONVERGE)?;
-    Ok(fleet)
-}
 
 fn proposal(request: bool, command: Command) -> Proposal {
     Proposal {
@@ -119,7 +111,7 @@ fn private_keys(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// certificate, and as the fleet CA's key to mint a node 1 certificate of
 /// its own. Either would let it forward commands as node 1.
 fn a_copy_of_a_nodes_disk_cannot_pose_as_the_node(template: &Template) -> TestResult {
-    let fleet = started(template)?;
+    let fleet = TestFleet::started(template, 3, CONVERGE)?;
     let result = (|| -> TestResult {
         let loot = tempfile::tempdir()?;
         // hsm/ is the HSMs (SoftHSM keeps its tokens in files; a real HSM
@@ -202,7 +194,7 @@ fn a_copy_of_a_nodes_disk_cannot_pose_as_the_node(template: &Template) -> TestRe
 fn a_member_certificate_cannot_forward_operator_or_malformed_commands(
     template: &Template,
 ) -> TestResult {
-    let fleet = started(template)?;
+    let fleet = TestFleet::started(template, 3, CONVERGE)?;
     let result = (|| -> TestResult {
         let leader = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
         let member = if leader == 2 { 3 } else { 2 };
@@ -333,36 +325,12 @@ fn data_dirs(fleet: &TestFleet) -> Vec<(u64, PathBuf)> {
         .collect()
 }
 
-/// Stops `ids` gracefully.
-fn stop(fleet: &mut TestFleet, ids: &[u64]) -> TestResult {
-    for &id in ids {
-        fleet.terminate(id, Duration::from_secs(20))?;
-    }
-    Ok(())
-}
-
 /// Puts the copy in `from` back as node `id`'s data directory.
 fn restore(fleet: &TestFleet, id: u64, from: &Path) -> TestResult {
     let dir = fleet.data_dir(id)?;
     std::fs::remove_dir_all(&dir)?;
     copy_tree(from, &dir, &[])?;
     Ok(())
-}
-
-/// Spends every attempt of `user` with wrong passwords, until it locks.
-fn lock_out(
-    rt: &tokio::runtime::Runtime,
-    client: &vault_client::Client,
-    user: &UserId,
-) -> TestResult {
-    for _ in 0..10 {
-        match rt.block_on(client.recover(user, b"wrong")) {
-            Err(vault_client::ClientError::WrongPassword { .. }) => {}
-            Err(vault_client::ClientError::Locked) => return Ok(()),
-            other => anyhow::bail!("a wrong password gave {other:?}"),
-        }
-    }
-    anyhow::bail!("{user} never locked")
 }
 
 /// The operator restores every node's data directory from a copy taken
@@ -373,7 +341,7 @@ fn lock_out(
 /// the documented way out (`--accept-rollback` on every node) brings the
 /// old state back, counted in each node's checkpoint and shown by status.
 fn old_disks_on_every_node_do_not_bring_attempts_back(template: &Template) -> TestResult {
-    let mut fleet = started(template)?;
+    let mut fleet = TestFleet::started(template, 3, CONVERGE)?;
     let result = (|| -> TestResult {
         let rt = vault_testkit::client::runtime();
         let _entered = rt.enter();
@@ -382,16 +350,16 @@ fn old_disks_on_every_node_do_not_bring_attempts_back(template: &Template) -> Te
         rt.block_on(client.register(&victim, b"right", 3))?;
         // A copy of every disk while the budget is full (nodes stopped, as
         // a backup tool would do it, so the copy is consistent).
-        stop(&mut fleet, &[1, 2, 3])?;
+        fleet.terminate_all(&[1, 2, 3])?;
         let backup = tempfile::tempdir()?;
         for (id, dir) in data_dirs(&fleet) {
             copy_tree(&dir, &backup.path().join(id.to_string()), &[])?;
         }
         fleet.start_all(1..=3)?;
         fleet.wait_converged(CONVERGE)?;
-        lock_out(&rt, &client, &victim)?;
+        vault_testkit::client::lock_out(&rt, &client, &victim)?;
         // The restore.
-        stop(&mut fleet, &[1, 2, 3])?;
+        fleet.terminate_all(&[1, 2, 3])?;
         for id in 1..=3 {
             restore(&fleet, id, &backup.path().join(id.to_string()))?;
         }
@@ -429,7 +397,7 @@ fn old_disks_on_every_node_do_not_bring_attempts_back(template: &Template) -> Te
             );
         }
         // The operator's way out: accept the old state on every node.
-        stop(&mut fleet, &[1, 2, 3])?;
+        fleet.terminate_all(&[1, 2, 3])?;
         for id in 1..=3 {
             fleet.start_with(id, &["--accept-rollback"])?;
         }
@@ -459,7 +427,7 @@ fn old_disks_on_every_node_do_not_bring_attempts_back(template: &Template) -> Te
 fn a_node_restored_alone_catches_up_and_serves_the_current_counters(
     template: &Template,
 ) -> TestResult {
-    let mut fleet = started(template)?;
+    let mut fleet = TestFleet::started(template, 3, CONVERGE)?;
     let result = (|| -> TestResult {
         let rt = vault_testkit::client::runtime();
         let _entered = rt.enter();
@@ -467,15 +435,15 @@ fn a_node_restored_alone_catches_up_and_serves_the_current_counters(
         let victim = UserId::new("lone-rollback")?;
         rt.block_on(client.register(&victim, b"right", 3))?;
         fleet.wait_converged(CONVERGE)?;
-        stop(&mut fleet, &[3])?;
+        fleet.terminate_all(&[3])?;
         let backup = tempfile::tempdir()?;
         let dir3 = fleet.data_dir(3)?;
         copy_tree(&dir3, backup.path(), &[])?;
         fleet.start(3)?;
         fleet.wait_converged(CONVERGE)?;
-        lock_out(&rt, &client, &victim)?;
+        vault_testkit::client::lock_out(&rt, &client, &victim)?;
         fleet.wait_converged(CONVERGE)?;
-        stop(&mut fleet, &[3])?;
+        fleet.terminate_all(&[3])?;
         restore(&fleet, 3, backup.path())?;
         fleet.start(3)?;
         let status = fleet.wait_converged(CONVERGE)?;
@@ -514,7 +482,7 @@ fn a_node_restored_alone_catches_up_and_serves_the_current_counters(
 /// together a majority, serving Z's old counters. With the HSM's vote put
 /// back on A's disk, A refuses the old term and the fleet halts.
 fn a_restored_node_does_not_follow_a_leader_of_a_term_it_left(template: &Template) -> TestResult {
-    let mut fleet = started(template)?;
+    let mut fleet = TestFleet::started(template, 3, CONVERGE)?;
     let result = (|| -> TestResult {
         let rt = vault_testkit::client::runtime();
         let _entered = rt.enter();
@@ -525,17 +493,17 @@ fn a_restored_node_does_not_follow_a_leader_of_a_term_it_left(template: &Templat
         let z = fleet.wait_leader(&[1, 2, 3], CONVERGE)?;
         let others: Vec<u64> = (1..=3).filter(|&i| i != z).collect();
         let (a, l) = (others[0], others[1]);
-        stop(&mut fleet, &[a])?;
+        fleet.terminate_all(&[a])?;
         let backup = tempfile::tempdir()?;
         let dir_a = fleet.data_dir(a)?;
         copy_tree(&dir_a, backup.path(), &[])?;
         fleet.start(a)?;
         fleet.wait_converged(CONVERGE)?;
         // Z leaves; A and L go on under a later term.
-        stop(&mut fleet, &[z])?;
+        fleet.terminate_all(&[z])?;
         fleet.wait_leader(&[a, l], CONVERGE)?;
-        lock_out(&rt, &client, &victim)?;
-        stop(&mut fleet, &[a, l])?;
+        vault_testkit::client::lock_out(&rt, &client, &victim)?;
+        fleet.terminate_all(&[a, l])?;
         restore(&fleet, a, backup.path())?;
         fleet.start(z)?;
         fleet.start(a)?;

@@ -3,7 +3,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vault_types::{CommandError, RequestDigest, RequestId, Response};
+use vault_types::codec::{self, CodecError, VALUE_V1};
+use vault_types::{CommandError, RequestDigest, RequestId, Response, Timestamp};
+
+/// Format version of dedup entries that carry their time.
+pub const DEDUP_V2: u8 = 2;
 
 /// Request ids remembered by default. Every replica must use the same value:
 /// eviction is part of the replicated state.
@@ -19,6 +23,39 @@ pub struct DedupEntry {
     pub digest: RequestDigest,
     /// Its reply, stripped of sealed material (see `strip`).
     pub reply: Result<Response, CommandError>,
+    /// When it was applied (the proposing node's clock, from the command):
+    /// a grant replayed later than a session lives has expired.
+    pub at: Timestamp,
+}
+
+/// A dedup entry as the first format wrote it (no time).
+#[derive(Deserialize)]
+struct DedupEntryV1 {
+    index: u64,
+    digest: RequestDigest,
+    reply: Result<Response, CommandError>,
+}
+
+impl DedupEntry {
+    /// The persisted bytes (format 2).
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(DEDUP_V2, self)
+    }
+
+    /// An entry from either format; the first is taken as applied at time
+    /// 0, so a replay of its grant has expired.
+    pub fn decode(bytes: &[u8]) -> Result<DedupEntry, CodecError> {
+        if bytes.first() == Some(&VALUE_V1) {
+            let v: DedupEntryV1 = codec::decode("dedup entry", VALUE_V1, bytes)?;
+            return Ok(DedupEntry {
+                index: v.index,
+                digest: v.digest,
+                reply: v.reply,
+                at: Timestamp(0),
+            });
+        }
+        codec::decode("dedup entry", DEDUP_V2, bytes)
+    }
 }
 
 /// Applied request ids, oldest evicted first.
@@ -97,6 +134,7 @@ mod tests {
             index,
             digest: RequestDigest([0; 32]),
             reply: Ok(Response::Deleted),
+            at: Timestamp(0),
         }
     }
 

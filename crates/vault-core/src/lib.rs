@@ -22,10 +22,11 @@
 
 mod dedup;
 mod key;
+pub mod lthash;
 mod record;
 mod state;
 
-pub use dedup::DEFAULT_DEDUP_CAPACITY;
+pub use dedup::{DEFAULT_DEDUP_CAPACITY, DedupEntry};
 
 pub use key::StateKey;
 pub use record::{Fleet, RecordStatus, UserRecord};

@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
+
+use crate::lthash::LtHash;
 use vault_types::codec::{self, CodecError, VALUE_V1};
 use vault_types::{
-    Command, CommandError, FleetId, Generation, MAX_PRELOAD_PER_ENTRY, PRELOAD_RECORD_LEN,
-    Proposal, RequestId, Response, SealedBytes, Timestamp, UserId, UserStatus,
+    Command, CommandError, FleetId, GRANT_REPLAY_WINDOW_MS, Generation, MAX_PRELOAD_PER_ENTRY,
+    PRELOAD_RECORD_LEN, Proposal, RequestId, Response, SealedBytes, Timestamp, UserId, UserStatus,
 };
 
 use crate::dedup::{DEFAULT_DEDUP_CAPACITY, DedupEntry, DedupTable, strip};
@@ -26,73 +28,30 @@ pub struct VaultState {
     items_digest: ItemsDigest,
 }
 
-/// A multiset hash of the persisted items: the sum mod 2^256 of
-/// SHA-256(len ‖ key ‖ len ‖ value) over all items, updated per changed key.
+/// The state commitment ([`crate::lthash`]): an LtHash16 sum over every
+/// persisted item, with each item's seed kept so that a change takes the
+/// old item out and puts the new one in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct ItemsDigest {
-    sum: [u64; 4],
+    sum: LtHash,
     items: HashMap<StateKey, [u8; 32]>,
 }
 
 impl ItemsDigest {
-    fn item_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update((key.len() as u64).to_be_bytes());
-        h.update(key);
-        h.update((value.len() as u64).to_be_bytes());
-        h.update(value);
-        h.finalize().into()
-    }
-
-    fn limbs(hash: &[u8; 32]) -> [u64; 4] {
-        core::array::from_fn(|i| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&hash[i * 8..i * 8 + 8]);
-            u64::from_be_bytes(b)
-        })
-    }
-
-    fn add(&mut self, hash: &[u8; 32]) {
-        let x = Self::limbs(hash);
-        let mut carry = false;
-        for i in (0..4).rev() {
-            let (v, c1) = self.sum[i].overflowing_add(x[i]);
-            let (v, c2) = v.overflowing_add(u64::from(carry));
-            self.sum[i] = v;
-            carry = c1 || c2;
-        }
-    }
-
-    fn sub(&mut self, hash: &[u8; 32]) {
-        let x = Self::limbs(hash);
-        let mut borrow = false;
-        for i in (0..4).rev() {
-            let (v, b1) = self.sum[i].overflowing_sub(x[i]);
-            let (v, b2) = v.overflowing_sub(u64::from(borrow));
-            self.sum[i] = v;
-            borrow = b1 || b2;
-        }
-    }
-
     /// Sets `key`'s item to `value` (`None`: the key is gone).
     fn set(&mut self, key: &StateKey, value: Option<&[u8]>) {
         if let Some(old) = self.items.remove(key) {
-            self.sub(&old);
+            self.sum.remove(&old);
         }
         if let Some(v) = value {
-            let h = Self::item_hash(&key.encode(), v);
-            self.add(&h);
-            self.items.insert(key.clone(), h);
+            let seed = LtHash::seed(&key.encode(), v);
+            self.sum.add(&seed);
+            self.items.insert(key.clone(), seed);
         }
     }
 
     fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"backup-key-vault state v2");
-        for limb in self.sum {
-            h.update(limb.to_be_bytes());
-        }
-        h.finalize().into()
+        self.sum.checksum()
     }
 }
 
@@ -265,7 +224,7 @@ impl VaultState {
             && let Some(seen) = self.dedup.get(&req.id)
         {
             let reply = if seen.digest == req.digest {
-                self.replay(&proposal.command, &seen.reply)
+                self.replay(&proposal.command, seen, proposal.at)
             } else {
                 // Never run a different body under a known id: it could
                 // carry a second password guess under one attempt.
@@ -289,6 +248,7 @@ impl VaultState {
                     index,
                     digest: req.digest,
                     reply: strip(&reply),
+                    at: proposal.at,
                 },
             );
             changed.push(StateKey::Dedup(req.id));
@@ -303,8 +263,10 @@ impl VaultState {
     fn replay(
         &self,
         command: &Command,
-        recorded: &Result<Response, CommandError>,
+        seen: &DedupEntry,
+        now: Timestamp,
     ) -> Result<Response, CommandError> {
+        let recorded = &seen.reply;
         let (
             Command::BeginAttempt { user },
             Ok(Response::AttemptGranted {
@@ -318,6 +280,21 @@ impl VaultState {
             return recorded.clone();
         };
         match self.users.get(user) {
+            // The grant's session can only be gone: it is older than a
+            // session lives, or a success reset the counter since (its
+            // attempt number is past the attempts used now). A replay then
+            // opens no login state, so replaying old request ids holds no
+            // places (issue 25).
+            Some(UserRecord {
+                generation: g,
+                status: RecordStatus::Active { attempts_used, .. },
+                ..
+            }) if g == generation
+                && (now.0.saturating_sub(seen.at.0) > GRANT_REPLAY_WINDOW_MS
+                    || *attempts_used < *attempt) =>
+            {
+                Err(CommandError::GrantExpired)
+            }
             Some(UserRecord {
                 generation: g,
                 status: RecordStatus::Active { sealed_record, .. },
@@ -767,7 +744,7 @@ impl VaultState {
         let encoded = match key {
             StateKey::Fleet => codec::encode(VALUE_V1, self.fleet.as_ref()?),
             StateKey::User(u) => codec::encode(VALUE_V1, self.users.get(u)?),
-            StateKey::Dedup(id) => codec::encode(VALUE_V1, self.dedup.get(id)?),
+            StateKey::Dedup(id) => self.dedup.get(id)?.encode(),
         };
         // Encoding plain in-memory data into a Vec cannot fail.
         encoded.ok()
@@ -808,8 +785,7 @@ impl VaultState {
                     state.users.insert(u.clone(), record);
                 }
                 StateKey::Dedup(id) => {
-                    let entry: DedupEntry =
-                        codec::decode("dedup entry", VALUE_V1, &v).map_err(bad)?;
+                    let entry = DedupEntry::decode(&v).map_err(bad)?;
                     dedup.push((*id, entry));
                 }
             }
@@ -830,9 +806,11 @@ impl VaultState {
         d
     }
 
-    /// A digest of every persisted key and value (a sum of per-item hashes,
-    /// kept up to date by [`Self::apply`], so this costs nothing): equal on
-    /// two replicas exactly when their states are equal.
+    /// The state commitment: an LtHash16 of every persisted key and value
+    /// ([`crate::lthash`]), kept up to date by [`Self::apply`] so this costs
+    /// one SHA-256 of 2 KiB: equal on two replicas exactly when their states
+    /// are equal, and collision resistant, so a forged state cannot match
+    /// the commitment an HSM checkpoint recorded.
     pub fn digest(&self) -> [u8; 32] {
         self.items_digest.digest()
     }
@@ -851,6 +829,12 @@ impl VaultState {
     /// Whether `id` is remembered.
     pub fn remembers(&self, id: &RequestId) -> bool {
         self.dedup.get(id).is_some()
+    }
+
+    /// What is remembered of request `id`: the digest of its body and its
+    /// reply (a granted attempt's without its sealed record).
+    pub fn remembered(&self, id: &RequestId) -> Option<&DedupEntry> {
+        self.dedup.get(id)
     }
 }
 

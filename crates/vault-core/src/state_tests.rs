@@ -831,3 +831,6 @@ fn register_is_a_compare_and_set_on_the_generation() {
         }
     );
 }
+
+#[path = "replay_tests.rs"]
+mod replay;

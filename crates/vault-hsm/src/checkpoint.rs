@@ -46,6 +46,11 @@ pub const MAC_LABEL: &str = "bkv-checkpoint-mac";
 const MAGIC: &[u8; 8] = b"BKVCKPT2";
 const HEADER: usize = 8 + 8 + 4;
 const TAG_LEN: usize = 32;
+/// The payload a node token's checkpoint is born with, at provisioning
+/// (with the TLS key): "a node that has never run". The node reads it as
+/// an empty checkpoint; a token with a TLS key and no checkpoint at all
+/// lost it.
+pub const BORN: &[u8] = b"bkv-checkpoint-born";
 /// The largest payload accepted (a mark is well under 200 bytes).
 pub const MAX_PAYLOAD: usize = 4096;
 
@@ -248,16 +253,30 @@ impl CheckpointStore {
             value.extend_from_slice(&len.to_be_bytes());
             value.extend_from_slice(payload);
             value.extend(self.tag(session, seq, len, payload)?);
-            let created = session
-                .create_object(&[
-                    Attribute::Class(ObjectClass::DATA),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Modifiable(false),
-                    Attribute::Label(OBJECT_LABEL.as_bytes().to_vec()),
-                    Attribute::Value(value),
-                ])
-                .map_err(device("write the checkpoint"))?;
+            let template = [
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(false),
+                Attribute::Label(OBJECT_LABEL.as_bytes().to_vec()),
+                Attribute::Value(value),
+            ];
+            // SoftHSM's file store now and then answers CKR_GENERAL_ERROR
+            // to a token object's creation (seen under load in the gate):
+            // try twice more. A create that half succeeded leaves an object
+            // of the same sequence and value, which reads the same and goes
+            // with a later write.
+            let mut tries = 0;
+            let created = loop {
+                match session.create_object(&template) {
+                    Ok(h) => break h,
+                    Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 2 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+                    }
+                    Err(e) => return Err(device("write the checkpoint")(e)),
+                }
+            };
             self.seq.store(seq, Ordering::SeqCst);
             for object in old {
                 match session.destroy_object(object) {

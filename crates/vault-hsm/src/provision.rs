@@ -117,7 +117,33 @@ pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
     generate_ec_signing_key(&session, ATTESTATION_LABEL, "generate attestation key")?;
     generate_transport_key(&session)?;
     generate_ec_signing_key(&session, TLS_LABEL, "generate TLS key")?;
+    bear_checkpoint(req.module, req.label, req.user_pin)?;
     report_with(&token, &session)
+}
+
+/// Writes the anti-rollback checkpoint a node's token is born with
+/// ([`crate::checkpoint::BORN`]), unless it has one. A node token holds a
+/// checkpoint from the moment it holds its TLS identity (its TLS key cannot
+/// be removed without the node losing its name), so a checkpoint missing
+/// later was lost or removed, never not yet made: the node then catches up
+/// before it votes, instead of starting as a new node with a clean slate.
+fn bear_checkpoint(
+    module: &std::path::Path,
+    label: &str,
+    user_pin: &SecretBytes,
+) -> Result<(), ProvisionError> {
+    let store = crate::CheckpointStore::open(module, label, user_pin)?;
+    let fail = |e: crate::HsmError| match e {
+        crate::HsmError::Device(d) => ProvisionError::Device(d),
+        other => ProvisionError::Device(DeviceError::local(
+            "write the new checkpoint",
+            other.to_string(),
+        )),
+    };
+    if store.read().map_err(fail)?.is_none() {
+        store.write(crate::checkpoint::BORN).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Initialises a new operator token: one EC P-256 signing key pair
@@ -153,6 +179,10 @@ pub fn ensure_signing_key(
         return Ok(false);
     }
     generate_ec_signing_key(&session, &role.label(), "generate a signing key")?;
+    drop(session);
+    if role == KeyRole::Tls {
+        bear_checkpoint(module, label, user_pin)?;
+    }
     Ok(true)
 }
 

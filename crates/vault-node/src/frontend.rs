@@ -388,6 +388,26 @@ impl Frontend for FrontendService {
             )));
         }
         let expected = opened.expected_generation;
+        let digest = RequestDigest::of(&[
+            b"register",
+            user.as_str().as_bytes(),
+            &r.sealed_registration,
+        ]);
+        // A retry of a registration that succeeded (its answer was lost)
+        // gets the first execution's answer (docs/PROTOCOL.md §6), not the
+        // conflict its now-stale generation would earn.
+        let first = self.reader.with_state(|s| {
+            s.remembered(&id)
+                .filter(|e| e.digest == digest)
+                .map(|e| e.reply.clone())
+        });
+        if let Some(Ok(VaultResponse::Registered { generation })) = first {
+            tracing::info!(request = ?id, generation = generation.0, "registration retried; answered from its first execution");
+            return Ok(Response::new(RegisterFinishReply {
+                generation: generation.0,
+                max_attempts: opened.max_attempts,
+            }));
+        }
         // Generations only grow: if this node already sees a newer one,
         // the compare-and-set would fail; refuse before the HSM and the log
         // do any work for a stale (or replayed) payload.
@@ -419,11 +439,6 @@ impl Frontend for FrontendService {
         )
         .await
         .map_err(hsm_failed)?;
-        let digest = RequestDigest::of(&[
-            b"register",
-            user.as_str().as_bytes(),
-            &r.sealed_registration,
-        ]);
         let command = Command::Register {
             user: user.clone(),
             expected_generation: expected,
@@ -462,6 +477,18 @@ impl Frontend for FrontendService {
         let reservation = match self.sessions.begin(&user, id, digest) {
             Begin::Reserved(reservation) => reservation,
             Begin::Replay(answer) => {
+                // The user registered again (or locked, or was deleted)
+                // since: the cached KE2 is of a record that is gone.
+                let now = self
+                    .reader
+                    .with_state(|s| s.user(&user).map(|u| u.generation));
+                if now != Some(answer.generation) {
+                    return Err(fail(
+                        Code::FailedPrecondition,
+                        ErrorKind::SessionExpired,
+                        "the record changed since this request's session began",
+                    ));
+                }
                 return Ok(Response::new(self.start_reply(answer, &secrets)));
             }
             Begin::Refused(why) => return Err(no_place(why)),

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod checkpoint;
 pub mod frontend;
 pub mod http;
+pub mod lost;
 pub mod metrics;
 pub mod node;
 pub mod transparency;

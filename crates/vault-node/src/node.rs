@@ -22,7 +22,7 @@ use vault_raft::proposer::{Batcher, Proposer};
 use vault_raft::checkpoint::Mark;
 
 use crate::admin::AdminService;
-use crate::checkpoint::{HsmCheckpoint, Standing};
+use crate::checkpoint::{Disk, HsmCheckpoint, Standing, decide};
 use crate::metrics::{Metrics, RpcLayer};
 
 /// How long a proposal may wait for a leader before the caller is told to
@@ -123,69 +123,155 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         key: KeySource::Signer(tls_key.rustls()),
     };
 
-    std::fs::create_dir_all(&me.data_dir)
-        .with_context(|| format!("create data dir {}", me.data_dir.display()))?;
-    // Storage advances the checkpoint once Raft runs; it is opened (and
-    // compared with the disk) in between.
+    // Storage advances the checkpoint once Raft runs; it is read (and the
+    // disk judged against it) in between.
     let deferred = Arc::new(DeferredCheckpoint::default());
-    let (mut log, sm) = {
-        let dir = me.data_dir.clone();
-        let c: Arc<dyn vault_raft::checkpoint::Checkpointer> = deferred.clone();
-        tokio::task::spawn_blocking(move || {
-            vault_storage::open_checkpointed(&dir, vault_core::DEFAULT_DEDUP_CAPACITY, Some(c))
-        })
-        .await?
-        .with_context(|| format!("open the database in {}", me.data_dir.display()))?
-    };
-    let committed_at_start = log.read_committed().await?.map_or(0, |l| l.index);
+    let (mut log, mut sm) = open_storage(&me.data_dir, deferred.clone()).await?;
+    let (checkpoint_store, found) = tokio::task::spawn_blocking(move || {
+        let found = HsmCheckpoint::read(&checkpoint_store);
+        (checkpoint_store, found)
+    })
+    .await?;
+    let found = found?;
+    // Nothing after the checkpoint's last log id was ever acknowledged.
+    if let Some(r) = found
+        .as_ref()
+        .filter(|r| !r.lost && !options.accept_rollback)
+    {
+        let cut = log
+            .cut_back_to(r.mark.last_log)
+            .await
+            .context("cut the log back to the HSM checkpoint")?;
+        if cut > 0 {
+            tracing::warn!(
+                entries = cut,
+                "cut log entries the HSM checkpoint never recorded (never acknowledged)"
+            );
+        }
+    }
     let reader = sm.reader();
-    let storage_stats = sm.stats();
-    let stored = Mark {
+    let applied = reader.last_applied();
+    let disk = Disk {
         vote: log.read_vote().await?,
-        last_log: log.get_log_state().await?.last_log_id,
-        applied: reader.last_applied().map(|l| (l, reader.digest().1)),
+        // A state applied past the log (a snapshot installed, its purge
+        // not yet done) covers the log up to it, as openraft takes it.
+        last_log: log.get_log_state().await?.last_log_id.max(applied),
+        purged: log.last_purged().await?,
+        applied: applied.map(|l| (l, reader.commitment())),
+        chain_base: log.chain_base().await?,
+        log_hash: match log.recomputed_hash().await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("recompute the log's running hash: {e}");
+                None
+            }
+        },
     };
-    let (checkpoint, standing, restore_vote) = {
-        let accept = options.accept_rollback;
-        tokio::task::spawn_blocking(move || {
-            HsmCheckpoint::open(checkpoint_store, &stored, accept, node_id)
-        })
-        .await??
+    let decision = decide(found, &disk, options.accept_rollback, node_id)?;
+    if decision.wipe {
+        drop((log, sm));
+        let aside = move_aside(&me.data_dir)?;
+        tracing::warn!(
+            moved_to = %aside.display(),
+            "the data directory holds Raft state the HSM checkpoint never recorded: moved aside; starting empty and catching up"
+        );
+        (log, sm) = open_storage(&me.data_dir, deferred.clone()).await?;
+    }
+    if let Some(keep) = decision.cut_after {
+        let cut = log
+            .cut_back_to(keep)
+            .await
+            .context("cut a log behind the HSM checkpoint back to its applied state")?;
+        tracing::warn!(
+            entries = cut,
+            "the log is behind the HSM checkpoint: kept only what the state has applied; the rest comes from the leader"
+        );
+    }
+    let checkpoint = {
+        let (recorded, write) = (decision.recorded.clone(), decision.write);
+        tokio::task::spawn_blocking(move || HsmCheckpoint::open(checkpoint_store, recorded, write))
+            .await??
     };
     let checkpoint = Arc::new(checkpoint);
     deferred.set(checkpoint.clone());
-    let behind = vault_raft::checkpoint::BehindFlag::default();
-    if let Standing::Behind { why, .. } = &standing {
-        tracing::warn!(
-            "BEHIND THE HSM CHECKPOINT: {why}. This node neither votes, nor stands for election, nor serves until it has caught up from a peer that is ahead; if a majority is behind the fleet halts (docs/OPERATIONS.md, \"A node behind its checkpoint\")"
-        );
-        behind.set(Some(format!("behind its HSM checkpoint: {why}")));
+    let reader = sm.reader();
+    let storage_stats = sm.stats();
+    if let Some((at, commitment)) = decision.verify {
+        sm.verify_at(at, commitment);
     }
-    // The HSM's vote goes back on a disk that lost it (a restored disk must
-    // not accept a leader of a term this node had left, nor vote in it
-    // again), and a node behind its checkpoint that led when its disk was
-    // copied keeps the vote, not the leadership: openraft would resume
-    // leading from its own committed vote at start, without an election,
-    // with a log shorter than its followers'.
-    if let Some(vote) = restore_vote {
+    // The snapshot file is untrusted too: rebuilt from the state.
+    if !decision.wipe && sm.rebuild_snapshot_file().await? {
+        tracing::info!("rebuilt the snapshot file from the state");
+    }
+    let channels = PeerChannels::new(&identity, &fleet.tls.fleet_ca, me.peer_source_ip)
+        .context("peer TLS settings")?;
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(watch_signals(stop_tx.clone()));
+    if std::env::var_os(EXIT_WITH_STDIN).is_some() {
+        let stop = stop_tx.clone();
+        std::thread::spawn(move || stop_when_stdin_closes(stop));
+    }
+    let mut vote = decision.vote;
+    let mut standing = decision.standing.clone();
+    if let Standing::Lost { why } = &standing {
+        tracing::warn!(
+            "LOST ANTI-ROLLBACK CHECKPOINT: {why}. This node learns the fleet's term from a leader before it runs Raft, then neither votes, nor stands for election, nor serves until it has caught up (docs/OPERATIONS.md, \"A node behind its checkpoint\")"
+        );
+        let learned = crate::lost::learn_term(&fleet, node_id, &channels, stop.clone()).await?;
+        tracing::info!(
+            leader = learned.leader,
+            term = learned.term,
+            read_index = learned.read_index,
+            "learned the fleet's term"
+        );
+        let mut v = openraft::Vote::new(learned.term, learned.leader);
+        v.commit();
+        vote = Some(v);
+        standing = Standing::Lost {
+            why: format!(
+                "{why}; catching up to entry {} of leader {}",
+                learned.read_index, learned.leader
+            ),
+        };
+    }
+    let behind = vault_raft::checkpoint::BehindFlag::default();
+    match &standing {
+        Standing::Behind { why, .. } => {
+            tracing::warn!(
+                "BEHIND THE HSM CHECKPOINT: {why}. This node neither votes, nor stands for election, nor serves until it has caught up from a peer that is ahead; if a majority is behind the fleet halts (docs/OPERATIONS.md, \"A node behind its checkpoint\")"
+            );
+            behind.set(Some(format!("behind its HSM checkpoint: {why}")));
+        }
+        Standing::Lost { why } => behind.set(Some(format!("lost its HSM checkpoint: {why}"))),
+        Standing::Current => {}
+    }
+    // The checkpoint's vote, never the disk's: a higher vote on disk was
+    // never acknowledged, and this node's own leadership is never resumed
+    // from disk (openraft would lead at once, without an election).
+    if let Some(vote) = vote {
         log.save_vote(&vote)
             .await
-            .context("put the HSM checkpoint's vote back on disk")?;
-        tracing::warn!(
+            .context("put the HSM checkpoint's vote on disk")?;
+        tracing::info!(
             term = vote.leader_id.term,
             voted_for = ?vote.leader_id.voted_for(),
             committed = vote.committed,
-            "the vote on disk was older than the HSM checkpoint's, or this node's own leadership: wrote the checkpoint's vote (without resuming leadership)"
+            "wrote the HSM checkpoint's vote on disk"
         );
     }
+    // The committed hint is the checkpoint's applied id: entries up to it
+    // are committed; a larger hint on disk is not believed (re-applying
+    // uncommitted entries would fork this node from the fleet).
+    log.save_committed(decision.committed)
+        .await
+        .context("write the committed hint")?;
+    let committed_at_start = decision.committed.map_or(0, |l| l.index);
     tracing::info!(
         committed_at_start,
         checkpoint_resets = checkpoint.resets(),
         "storage open"
     );
 
-    let channels = PeerChannels::new(&identity, &fleet.tls.fleet_ca, me.peer_source_ip)
-        .context("peer TLS settings")?;
     let mut config = raft_config(&fleet)?;
     config.enable_elect = standing == Standing::Current;
     let raft = Raft::new(
@@ -197,6 +283,17 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
     )
     .await
     .context("start Raft")?;
+    // openraft re-applies the log up to the committed hint while it
+    // starts: a check of the state armed for an index it has passed and
+    // not run means the state was not re-applied there.
+    if let (Some(at), Some(now)) = (reader.pending_verify(), reader.last_applied())
+        && now.index >= at.index
+    {
+        anyhow::bail!(
+            "FORKED: the state on disk reached entry {} without being checked against the HSM checkpoint; the disk was edited. Move the data directory aside and start again (docs/OPERATIONS.md, \"A node behind its checkpoint\")",
+            at.index
+        );
+    }
     let batcher = Batcher::start(raft.clone());
     let proposer = Proposer::new(
         raft.clone(),
@@ -206,7 +303,15 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         metrics.clone(),
     );
 
-    let (stop_tx, stop) = watch::channel(false);
+    if let Standing::Lost { .. } = &standing {
+        tokio::spawn(catch_up_after_loss(
+            proposer.clone(),
+            raft.clone(),
+            checkpoint.clone(),
+            behind.clone(),
+            stop.clone(),
+        ));
+    }
     let (ready_tx, ready) = watch::channel(Err("starting".to_owned()));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -290,11 +395,6 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         "serving"
     );
 
-    tokio::spawn(watch_signals(stop_tx.clone()));
-    if std::env::var_os(EXIT_WITH_STDIN).is_some() {
-        let stop = stop_tx.clone();
-        std::thread::spawn(move || stop_when_stdin_closes(stop));
-    }
     tokio::spawn(track(
         raft.clone(),
         Tracked {
@@ -339,6 +439,39 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
     result
 }
 
+/// A node that lost its checkpoint votes again once it has applied
+/// everything a leader had committed when it asked (a read barrier),
+/// recorded in the checkpoint so that a restart does not forget it.
+async fn catch_up_after_loss(
+    proposer: Proposer,
+    raft: Raft,
+    checkpoint: Arc<HsmCheckpoint>,
+    behind: vault_raft::checkpoint::BehindFlag,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if proposer.read_barrier().await.is_ok() {
+            let c = checkpoint.clone();
+            match tokio::task::spawn_blocking(move || c.caught_up_after_loss()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        "caught up with the leader after a lost checkpoint: voting, standing for election and serving again"
+                    );
+                    behind.set(None);
+                    raft.runtime_config().elect(true);
+                    return;
+                }
+                Ok(Err(e)) => tracing::error!("record the catch-up in the HSM checkpoint: {e}"),
+                Err(e) => tracing::error!("record the catch-up in the HSM checkpoint: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = crate::http::stop_requested(&mut stop) => return,
+        }
+    }
+}
+
 async fn stopped(mut stop: watch::Receiver<bool>) {
     crate::http::stop_requested(&mut stop).await;
 }
@@ -371,6 +504,37 @@ async fn watch_signals(stop: watch::Sender<bool>) {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     let _ = stop.send(true);
+}
+
+type Storage = (vault_storage::LogStore, vault_storage::StateMachineStore);
+
+async fn open_storage(
+    dir: &std::path::Path,
+    checkpointer: Arc<DeferredCheckpoint>,
+) -> anyhow::Result<Storage> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create data dir {}", dir.display()))?;
+    let d = dir.to_owned();
+    let c: Arc<dyn vault_raft::checkpoint::Checkpointer> = checkpointer;
+    tokio::task::spawn_blocking(move || {
+        vault_storage::open_checkpointed(&d, vault_core::DEFAULT_DEDUP_CAPACITY, Some(c))
+    })
+    .await?
+    .with_context(|| format!("open the database in {}", dir.display()))
+}
+
+/// Renames the data directory to `<dir>.unverified-<unix seconds>` (kept
+/// for whoever investigates; never read again) and returns the new name.
+fn move_aside(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!(".unverified-{secs}"));
+    let aside = std::path::PathBuf::from(name);
+    std::fs::rename(dir, &aside)
+        .with_context(|| format!("move {} aside to {}", dir.display(), aside.display()))?;
+    Ok(aside)
 }
 
 /// A checkpointer to hand storage before the checkpoint is open (it is
@@ -449,6 +613,7 @@ async fn track(
                 vote: Some(m.vote),
                 last_log: None,
                 applied: m.last_applied.map(|l| (l, [0; 32])),
+                log_hash: None,
             };
             if target.reached_by(&now) {
                 tracing::info!(

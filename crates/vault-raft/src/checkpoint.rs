@@ -29,6 +29,46 @@ pub struct Mark {
     pub last_log: Option<LogId<u64>>,
     /// The last applied entry on disk, with the state digest it left.
     pub applied: Option<(LogId<u64>, [u8; 32])>,
+    /// The running hash of the log at `last_log` ([`chain`]): each entry's
+    /// bytes chained to the hash before it, so a disk whose entries were
+    /// edited in place (same log ids, other contents) does not reach it.
+    /// `None` from a checkpoint written before the chain existed.
+    pub log_hash: Option<[u8; 32]>,
+}
+
+/// The mark's first format, without the log hash.
+#[derive(Deserialize)]
+struct MarkV1 {
+    vote: Option<Vote<u64>>,
+    last_log: Option<LogId<u64>>,
+    applied: Option<(LogId<u64>, [u8; 32])>,
+}
+
+/// The running hash of a node's log: `chain(prev, entry)` is the hash at an
+/// entry whose stored bytes are `entry`, after the hash `prev` at the entry
+/// before it. It is local to one node (it restarts at every snapshot that
+/// node installs, [`chain_base`]); only that node's checkpoint records it.
+pub fn chain(prev: &[u8; 32], entry: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"bkv-log-chain");
+    h.update(prev);
+    h.update((entry.len() as u64).to_be_bytes());
+    h.update(entry);
+    h.finalize().into()
+}
+
+/// Where the chain restarts: at a snapshot installed at `at` with this
+/// state commitment (the empty log's hash is all zeros).
+pub fn chain_base(at: LogId<u64>, commitment: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"bkv-log-chain-snapshot");
+    h.update(at.leader_id.term.to_be_bytes());
+    h.update(at.leader_id.node_id.to_be_bytes());
+    h.update(at.index.to_be_bytes());
+    h.update(commitment);
+    h.finalize().into()
 }
 
 /// Something that records marks where a disk copy cannot reach (the HSM).
@@ -140,16 +180,6 @@ pub fn vote_to_restore(
     (Some(best) != stored).then_some(best)
 }
 
-/// `new` when it is at least `old`, else `old` (an incomparable new value,
-/// another candidate's vote in the same term, does not replace it).
-fn at_least<T: PartialOrd + Copy>(old: Option<T>, new: Option<T>) -> Option<T> {
-    match (old, new) {
-        (Some(o), Some(n)) if n >= o => Some(n),
-        (Some(o), _) => Some(o),
-        (None, n) => n,
-    }
-}
-
 impl Mark {
     /// The mark recording both `self` and `newer`: each part the greater.
     pub fn merge(&self, newer: &Mark) -> Mark {
@@ -163,10 +193,19 @@ impl Mark {
             (Some(o), _) => Some(o),
             (None, n) => n,
         };
+        // The hash goes with the log id it was taken at.
+        let (last_log, log_hash) = match (self.last_log, newer.last_log) {
+            (Some(o), Some(n)) if n > o => (Some(n), newer.log_hash),
+            (Some(o), Some(n)) if n == o => (Some(o), newer.log_hash.or(self.log_hash)),
+            (Some(o), _) => (Some(o), self.log_hash),
+            (None, Some(n)) => (Some(n), newer.log_hash),
+            (None, None) => (None, self.log_hash.or(newer.log_hash)),
+        };
         Mark {
             vote,
-            last_log: at_least(self.last_log, newer.last_log),
+            last_log,
             applied,
+            log_hash,
         }
     }
 
@@ -227,17 +266,25 @@ impl Mark {
         vote && applied_to >= self.last_log && applied_to >= self.applied.map(|(l, _)| l)
     }
 
-    /// The bytes of this mark (version 1, postcard).
+    /// The bytes of this mark (version 2, postcard).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![1u8];
+        let mut out = vec![2u8];
         out.extend(postcard::to_allocvec(self).unwrap_or_default());
         out
     }
 
-    /// A mark from [`Mark::encode`]'s bytes.
+    /// A mark from [`Mark::encode`]'s bytes (or the first format's).
     pub fn decode(bytes: &[u8]) -> Result<Mark, String> {
         match bytes.split_first() {
-            Some((1, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint: {e}")),
+            Some((2, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint: {e}")),
+            Some((1, rest)) => postcard::from_bytes::<MarkV1>(rest)
+                .map(|m| Mark {
+                    vote: m.vote,
+                    last_log: m.last_log,
+                    applied: m.applied,
+                    log_hash: None,
+                })
+                .map_err(|e| format!("checkpoint: {e}")),
             Some((v, _)) => Err(format!("checkpoint format {v} is not one this build reads")),
             None => Err("empty checkpoint".into()),
         }
@@ -263,6 +310,7 @@ mod tests {
             vote: vote(v, 1),
             last_log: log(t, i),
             applied: log(t, applied).map(|l| (l, [digest; 32])),
+            log_hash: Some([digest; 32]),
         }
     }
 
@@ -277,6 +325,9 @@ mod tests {
         // (4, 96) is after (3, 100): the term comes first.
         assert_eq!(merged.last_log, log(4, 96));
         assert_eq!(merged.applied, later.applied);
+        // The log hash goes with the log id it was taken at.
+        assert_eq!(merged.log_hash, later.log_hash);
+        assert_eq!(m.merge(&mark(2, 2, 50, 40, 2)).log_hash, m.log_hash);
         // Parts left out say nothing.
         assert_eq!(m.merge(&Mark::default()), m);
         // Another node's vote in the same term is not "greater".
@@ -382,10 +433,45 @@ mod tests {
     }
 
     #[test]
+    fn the_chain_binds_every_entry_and_its_order() {
+        let a = chain(&[0; 32], b"one");
+        let b = chain(&a, b"two");
+        assert_ne!(b, chain(&chain(&[0; 32], b"tw0"), b"two"));
+        assert_ne!(b, chain(&chain(&[0; 32], b"two"), b"one"));
+        assert_ne!(chain(&[0; 32], b"ab"), chain(&chain(&[0; 32], b"a"), b"b"));
+        let at = LogId::new(CommittedLeaderId::new(3, 1), 9);
+        assert_ne!(chain_base(at, &[1; 32]), chain_base(at, &[2; 32]));
+    }
+
+    #[test]
+    fn marks_of_the_first_format_decode_without_a_log_hash() {
+        #[derive(Serialize)]
+        struct V1 {
+            vote: Option<Vote<u64>>,
+            last_log: Option<LogId<u64>>,
+            applied: Option<(LogId<u64>, [u8; 32])>,
+        }
+        let m = mark(5, 5, 200, 180, 7);
+        let mut old = vec![1u8];
+        old.extend(
+            postcard::to_allocvec(&V1 {
+                vote: m.vote,
+                last_log: m.last_log,
+                applied: m.applied,
+            })
+            .expect("encode"),
+        );
+        let decoded = Mark::decode(&old).expect("decode");
+        assert_eq!(decoded.last_log, m.last_log);
+        assert_eq!(decoded.log_hash, None);
+    }
+
+    #[test]
     fn marks_round_trip_and_unknown_formats_are_refused() {
         let m = mark(5, 5, 200, 180, 7);
         assert_eq!(Mark::decode(&m.encode()), Ok(m));
-        assert!(Mark::decode(&[2, 0]).is_err());
+        assert!(Mark::decode(&[3, 0]).is_err());
+        assert!(Mark::decode(&[2, 0xff, 0xff]).is_err());
         assert!(Mark::decode(&[]).is_err());
         assert!(Mark::decode(&[1, 0xff, 0xff]).is_err());
     }

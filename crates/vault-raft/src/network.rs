@@ -195,6 +195,27 @@ impl PeerLink {
             wire::decode(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    /// A reply whose vote is not one an honest peer could send next to
+    /// ours ([`crate::peer::check_reply_vote`]) is a failed call: openraft
+    /// would panic on a committed vote that conflicts with ours, and keep a
+    /// term no later election could follow.
+    fn checked<E>(
+        &self,
+        sent: &Vote<u64>,
+        got: &Vote<u64>,
+    ) -> Result<(), RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error,
+    {
+        crate::peer::check_reply_vote(sent, got).map_err(|why| {
+            tracing::warn!(from = self.target, why, "refused a peer's reply");
+            RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+                "node {}'s reply: {why}",
+                self.target
+            ))))
+        })
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
@@ -203,6 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let rpc_vote = rpc.vote;
         let mut client = self.client().map_err(RPCError::Network)?;
         let req = Self::request(
             RaftMessage {
@@ -219,7 +241,11 @@ impl RaftNetwork<TypeConfig> for PeerLink {
                 s,
             )
         })?;
-        self.decode_reply(&reply.into_inner().payload)
+        let reply: AppendEntriesResponse<u64> = self.decode_reply(&reply.into_inner().payload)?;
+        if let AppendEntriesResponse::HigherVote(v) = &reply {
+            self.checked(&rpc_vote, v)?;
+        }
+        Ok(reply)
     }
 
     async fn vote(
@@ -227,6 +253,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let rpc_vote = rpc.vote;
         let mut client = self.client().map_err(RPCError::Network)?;
         let req = Self::request(
             RaftMessage {
@@ -243,7 +270,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
                 s,
             )
         })?;
-        self.decode_reply(&reply.into_inner().payload)
+        let reply: VoteResponse<u64> = self.decode_reply(&reply.into_inner().payload)?;
+        self.checked(&rpc_vote, &reply.vote)?;
+        Ok(reply)
     }
 
     /// Not used: this network sends whole snapshots with
@@ -308,6 +337,15 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         let result: Result<SnapshotResponse<u64>, Fatal<u64>> =
             wire::decode(&reply.into_inner().payload)
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+        let reply =
+            result.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))?;
+        crate::peer::check_reply_vote(&vote, &reply.vote).map_err(|why| {
+            tracing::warn!(from = self.target, why, "refused a peer's reply");
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(format!(
+                "node {}'s reply: {why}",
+                self.target
+            ))))
+        })?;
+        Ok(reply)
     }
 }

@@ -79,16 +79,85 @@ impl Gatekeeper {
         Ok(id)
     }
 
-    /// The caller must be the member node that `vote` names.
-    fn speaks_for(&self, caller: u64, vote: &Vote<u64>) -> Result<(), Status> {
-        match vote.leader_id().voted_for() {
-            Some(n) if n == caller => Ok(()),
-            claimed => Err(Status::permission_denied(format!(
-                "node {caller} may not speak for node {}",
-                claimed.map_or_else(|| "<none>".to_owned(), |n| n.to_string())
-            ))),
-        }
+    /// The caller must be the member node that `vote` names, and the vote
+    /// must be one such a message can carry next to this node's own
+    /// ([`check_peer_vote`]): a member identity is not trusted to keep to
+    /// Raft, and openraft panics on some votes it never expects.
+    fn speaks_for(&self, caller: u64, vote: &Vote<u64>, kind: Sender) -> Result<(), Status> {
+        let ours = self.raft.metrics().borrow().vote;
+        check_peer_vote(kind, caller, vote, &ours).map_err(|why| {
+            tracing::warn!(from = caller, why, "refused a peer message's vote");
+            Status::permission_denied(format!("node {caller} {why}"))
+        })
     }
+}
+
+/// The largest step in term a peer message may take past this node's
+/// term. A candidate that timed out alone for a long partition is many
+/// terms ahead (one per election timeout: 2^20 terms is about two days at
+/// 150 ms); a member identity sending a vote at term `u64::MAX` would make
+/// the next election's `term + 1` overflow, and every node that saved that
+/// vote keeps it (on disk and in its HSM checkpoint) for good.
+pub const MAX_TERM_STEP: u64 = 1 << 20;
+
+/// No vote is taken at or above this term, however it was reached: at one
+/// step of [`MAX_TERM_STEP`] per message it takes 2^42 messages.
+pub const MAX_TERM: u64 = 1 << 62;
+
+/// Who a peer message says it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A candidate asking for a vote: its vote is never committed.
+    Candidate,
+    /// A leader replicating (AppendEntries, InstallSnapshot): its vote is
+    /// committed, granted by a quorum.
+    Leader,
+}
+
+/// Checks the vote a peer message from `caller` carries (`theirs`) against
+/// this node's (`ours`), before openraft sees it:
+/// - it names the caller (node 2 cannot speak as node 3);
+/// - a candidate's vote is not committed, a leader's is (a committed vote
+///   in a VoteRequest would be taken as a leader's);
+/// - its term is below [`MAX_TERM`] and at most [`MAX_TERM_STEP`] past ours;
+/// - it is comparable with ours as Raft orders votes: two committed votes
+///   for different nodes in one term (a member claiming a term another
+///   node leads) reach an `unreachable!` in openraft and panic its core.
+pub fn check_peer_vote(
+    kind: Sender,
+    caller: u64,
+    theirs: &Vote<u64>,
+    ours: &Vote<u64>,
+) -> Result<(), String> {
+    use crate::checkpoint::vote_at_least;
+    let named = theirs.leader_id().voted_for();
+    if named != Some(caller) {
+        return Err(format!(
+            "may not speak for node {}",
+            named.map_or_else(|| "<none>".to_owned(), |n| n.to_string())
+        ));
+    }
+    match (kind, theirs.is_committed()) {
+        (Sender::Candidate, true) => {
+            return Err("sent a vote request with a committed vote".into());
+        }
+        (Sender::Leader, false) => {
+            return Err("sent a leader's message with a vote no quorum granted".into());
+        }
+        _ => {}
+    }
+    let (term, our_term) = (theirs.leader_id().term, ours.leader_id().term);
+    if term >= MAX_TERM || term > our_term.saturating_add(MAX_TERM_STEP) {
+        return Err(format!(
+            "named term {term}, too far past this node's term {our_term}"
+        ));
+    }
+    if !vote_at_least(theirs, ours) && !vote_at_least(ours, theirs) {
+        return Err(format!(
+            "sent a vote in term {term} that conflicts with this node's vote in the same term"
+        ));
+    }
+    Ok(())
 }
 
 /// The peer API of one node.
@@ -96,6 +165,10 @@ pub struct PeerService {
     raft: Raft,
     batcher: Batcher,
     gate: Gatekeeper,
+    /// One snapshot is received at a time: each is held in memory whole
+    /// (up to [`MAX_SNAPSHOT`]), so concurrent ones from a member identity
+    /// would multiply that.
+    receiving: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerService {
@@ -106,6 +179,7 @@ impl PeerService {
             raft,
             batcher,
             gate,
+            receiving: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -123,7 +197,7 @@ impl Peer for PeerService {
         let caller = self.gate.member_node(&req)?;
         let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
             wire::decode(&req.into_inner().payload).map_err(bad_message)?;
-        self.gate.speaks_for(caller, &rpc.vote)?;
+        self.gate.speaks_for(caller, &rpc.vote, Sender::Leader)?;
         let result = self.raft.append_entries(rpc).await;
         Ok(Response::new(RaftMessage {
             payload: wire::encode(&result),
@@ -134,7 +208,7 @@ impl Peer for PeerService {
         let caller = self.gate.member_node(&req)?;
         let rpc: openraft::raft::VoteRequest<u64> =
             wire::decode(&req.into_inner().payload).map_err(bad_message)?;
-        self.gate.speaks_for(caller, &rpc.vote)?;
+        self.gate.speaks_for(caller, &rpc.vote, Sender::Candidate)?;
         if let Some(why) = self.gate.behind.why() {
             return Err(Status::unavailable(format!(
                 "this node does not vote: {why}"
@@ -157,7 +231,10 @@ impl Peer for PeerService {
             .await?
             .ok_or_else(|| bad_message("empty snapshot stream"))?;
         let (vote, meta): SnapshotHeader = wire::decode(&first.header).map_err(bad_message)?;
-        self.gate.speaks_for(caller, &vote)?;
+        self.gate.speaks_for(caller, &vote, Sender::Leader)?;
+        let _one_at_a_time = self.receiving.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("this node is receiving another snapshot; retry")
+        })?;
         let mut data = first.data;
         while let Some(piece) = stream.message().await? {
             if !piece.header.is_empty() {
@@ -219,10 +296,20 @@ impl Peer for PeerService {
     ) -> Result<Response<ReadIndexReply>, Status> {
         self.gate.member_node(&req)?;
         match self.raft.ensure_linearizable().await {
-            Ok(read) => Ok(Response::new(ReadIndexReply {
-                read_index: read.map_or(0, |l| l.index),
-                leader_id: self.raft.metrics().borrow().id,
-            })),
+            Ok(read) => {
+                // The term of the lead a quorum just confirmed: if the lead
+                // moved on meanwhile, say so rather than name a term this
+                // node does not lead.
+                let m = self.raft.metrics().borrow().clone();
+                if m.current_leader != Some(m.id) || !m.vote.is_committed() {
+                    return Err(Status::unavailable("not the leader any more; retry"));
+                }
+                Ok(Response::new(ReadIndexReply {
+                    read_index: read.map_or(0, |l| l.index),
+                    leader_id: m.id,
+                    term: m.vote.leader_id().term,
+                }))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(Status::unavailable("not the leader; retry"))
             }
@@ -230,5 +317,125 @@ impl Peer for PeerService {
                 "leadership not confirmed: {e}; retry"
             ))),
         }
+    }
+}
+
+/// Checks the vote in a peer's reply (`got`: a higher vote that refuses
+/// an AppendEntries or a snapshot, the voter's vote in a VoteResponse)
+/// against the vote this node sent (`sent`): within the term bounds of
+/// [`check_peer_vote`], and comparable with it as Raft orders votes.
+pub fn check_reply_vote(sent: &Vote<u64>, got: &Vote<u64>) -> Result<(), String> {
+    use crate::checkpoint::vote_at_least;
+    let (term, our_term) = (got.leader_id().term, sent.leader_id().term);
+    if term >= MAX_TERM || term > our_term.saturating_add(MAX_TERM_STEP) {
+        return Err(format!(
+            "term {term} is too far past this node's term {our_term}"
+        ));
+    }
+    // Two uncommitted votes for different candidates in one term are a
+    // split vote, which openraft handles; a committed one that conflicts
+    // is what makes it panic.
+    if !vote_at_least(got, sent)
+        && !vote_at_least(sent, got)
+        && (got.is_committed() || sent.is_committed())
+    {
+        return Err(format!(
+            "its vote in term {term} conflicts with this node's vote in the same term"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(term: u64, node: u64) -> Vote<u64> {
+        let mut v = Vote::new(term, node);
+        v.commit();
+        v
+    }
+
+    /// The member-identity attacks of issue 25: before this check,
+    /// `speaks_for` looked only at the node the vote names, so each of
+    /// these reached openraft.
+    #[test]
+    fn a_member_cannot_send_votes_that_brick_or_panic_the_fleet() {
+        let ours = committed(7, 1);
+        // A leader's message at term u64::MAX (saved by every follower;
+        // the next election's term + 1 overflows).
+        let e = check_peer_vote(Sender::Leader, 2, &committed(u64::MAX, 2), &ours).unwrap_err();
+        assert!(e.contains("too far"), "{e}");
+        assert!(
+            check_peer_vote(
+                Sender::Leader,
+                2,
+                &committed(MAX_TERM, 2),
+                &committed(MAX_TERM - 1, 1)
+            )
+            .is_err()
+        );
+        // A jump past the bound, and one within it.
+        assert!(
+            check_peer_vote(
+                Sender::Leader,
+                2,
+                &committed(7 + MAX_TERM_STEP + 1, 2),
+                &ours
+            )
+            .is_err()
+        );
+        assert!(
+            check_peer_vote(Sender::Leader, 2, &committed(7 + MAX_TERM_STEP, 2), &ours).is_ok()
+        );
+        // A committed vote for itself in the term node 1 leads: openraft's
+        // vote comparison reaches `unreachable!`.
+        let e = check_peer_vote(Sender::Leader, 2, &committed(7, 2), &ours).unwrap_err();
+        assert!(e.contains("conflicts"), "{e}");
+        // A committed vote in a VoteRequest.
+        let e = check_peer_vote(Sender::Candidate, 2, &committed(8, 2), &ours).unwrap_err();
+        assert!(e.contains("committed"), "{e}");
+        // A leader's message without a granted vote.
+        assert!(check_peer_vote(Sender::Leader, 2, &Vote::new(8, 2), &ours).is_err());
+        // Speaking for another node.
+        assert!(check_peer_vote(Sender::Leader, 2, &committed(8, 3), &ours).is_err());
+    }
+
+    /// Found in review: the same votes in replies. A `HigherVote` with a
+    /// committed vote for the replier in the leader's own term panicked
+    /// the leader's core; one at term `u64::MAX` bricked the fleet.
+    #[test]
+    fn a_member_cannot_answer_with_votes_that_brick_or_panic_the_leader() {
+        let ours = committed(7, 1);
+        assert!(check_reply_vote(&ours, &committed(7, 2)).is_err());
+        assert!(check_reply_vote(&ours, &committed(u64::MAX, 2)).is_err());
+        assert!(check_reply_vote(&ours, &Vote::new(7 + MAX_TERM_STEP + 1, 2)).is_err());
+        // Honest answers: a later term, the same vote, a lower one
+        // (a voter that refused an old candidate).
+        assert!(check_reply_vote(&ours, &committed(9, 3)).is_ok());
+        assert!(check_reply_vote(&ours, &ours).is_ok());
+        assert!(check_reply_vote(&Vote::new(8, 1), &committed(8, 3)).is_ok());
+        assert!(check_reply_vote(&Vote::new(8, 1), &committed(6, 3)).is_ok());
+        // A split vote.
+        assert!(check_reply_vote(&Vote::new(8, 1), &Vote::new(8, 2)).is_ok());
+    }
+
+    #[test]
+    fn honest_messages_pass() {
+        // A new leader of a later term; the current leader; an old leader
+        // (openraft refuses it itself, with the higher vote in the answer).
+        let ours = committed(7, 1);
+        assert!(check_peer_vote(Sender::Leader, 2, &committed(8, 2), &ours).is_ok());
+        assert!(check_peer_vote(Sender::Leader, 1, &committed(7, 1), &ours).is_ok());
+        assert!(check_peer_vote(Sender::Leader, 3, &committed(5, 3), &ours).is_ok());
+        // This node voted for 2 in term 8, and 2 won.
+        assert!(check_peer_vote(Sender::Leader, 2, &committed(8, 2), &Vote::new(8, 2)).is_ok());
+        // 3 won term 8 without this node's vote (it voted for 2).
+        assert!(check_peer_vote(Sender::Leader, 3, &committed(8, 3), &Vote::new(8, 2)).is_ok());
+        // Candidates: a later term, and one this node already voted for.
+        assert!(check_peer_vote(Sender::Candidate, 2, &Vote::new(9, 2), &ours).is_ok());
+        assert!(check_peer_vote(Sender::Candidate, 2, &Vote::new(9, 2), &Vote::new(9, 2)).is_ok());
+        // A fresh node (no vote yet: term 0) hears from the leader.
+        assert!(check_peer_vote(Sender::Leader, 1, &committed(3, 1), &Vote::default()).is_ok());
     }
 }

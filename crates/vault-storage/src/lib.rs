@@ -24,15 +24,17 @@
 //! RocksDB calls run on the writer thread or tokio's blocking pool, never on
 //! the async runtime.
 
+mod chain;
 mod db;
 mod log_store;
 mod snapshot;
 mod state_machine;
+pub mod tamper;
 mod writer;
 
 pub use db::{FORMAT_MARKER, StorageStats, StoreError};
 pub use log_store::LogStore;
-pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader};
+pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader, applied_commitment};
 
 pub use vault_raft::{Entry, TypeConfig};
 

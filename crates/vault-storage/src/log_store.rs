@@ -8,6 +8,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use crate::chain;
 use crate::db::{
     CF_LOGS, CF_META, Db, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, StoreError, blocking,
     decode_framed, encode_framed, io_err,
@@ -15,6 +16,7 @@ use crate::db::{
 use crate::writer::{Done, Writer};
 use crate::{Entry, TypeConfig};
 use vault_raft::checkpoint::Mark;
+use vault_raft::checkpoint::chain as link;
 
 /// The Raft log of one node. Clones share the database; openraft uses one
 /// as the writer and clones as readers for replication.
@@ -110,6 +112,59 @@ impl LogStore {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(db.cf(CF_META), key, framed);
                 db.write(batch, sync)
+            })
+            .await
+    }
+
+    /// The log's running hash at its last entry (or its base), recomputed
+    /// from the entries on disk: what the HSM checkpoint's hash is compared
+    /// with at start. An error if the log has a gap.
+    pub async fn recomputed_hash(&self) -> Result<[u8; 32], StoreError> {
+        self.writer
+            .after_writes(|db| Ok(chain::walk(db, None)?.1))
+            .await
+    }
+
+    /// Where the log's running hash starts (entries up to it are not
+    /// hashed, so they must be covered by the applied state or purged).
+    pub async fn chain_base(&self) -> Result<Option<LogId<u64>>, StoreError> {
+        self.writer.after_writes(|db| Ok(chain::base(db)?.0)).await
+    }
+
+    /// The last purged log id on disk.
+    pub async fn last_purged(&self) -> Result<Option<LogId<u64>>, StoreError> {
+        self.get_meta("last purged log id", KEY_LAST_PURGED).await
+    }
+
+    /// At start, before Raft runs: deletes every entry whose log id is
+    /// above `keep` (the last log id this node's HSM checkpoint recorded:
+    /// nothing after it was ever acknowledged, so nothing after it is
+    /// believed) and drops a committed hint above it. Log ids only grow
+    /// along the log, so what stays is a prefix. Returns how many entries
+    /// went.
+    pub async fn cut_back_to(&self, keep: Option<LogId<u64>>) -> Result<u64, StoreError> {
+        let writer = self.writer.clone();
+        self.writer
+            .after_writes(move |db| {
+                let mut batch = WriteBatch::default();
+                let mut cut = 0u64;
+                for item in db.rocks.iterator_cf(db.cf(CF_LOGS), IteratorMode::End) {
+                    let (key, value) = item.map_err(StoreError::rocks("read log entries"))?;
+                    let entry: Entry = decode_framed("log entry", &key, &value)?;
+                    if Some(*entry.get_log_id()) <= keep {
+                        break;
+                    }
+                    batch.delete_cf(db.cf(CF_LOGS), key);
+                    cut += 1;
+                }
+                let committed: Option<Option<LogId<u64>>> =
+                    db.get(CF_META, "committed log id", KEY_COMMITTED)?;
+                if committed.flatten() > keep {
+                    batch.delete_cf(db.cf(CF_META), KEY_COMMITTED);
+                }
+                db.write(batch, true)?;
+                *writer.tail.lock().unwrap_or_else(|p| p.into_inner()) = chain::walk(db, None)?;
+                Ok(cut)
             })
             .await
     }
@@ -226,12 +281,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut count = 0;
         let mut last = None;
+        // The log's running hash goes with the entries to the checkpoint.
+        // openraft appends (and truncates) one call at a time, so the tail
+        // is this call's to extend.
+        let mut tail = self.writer.tail.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             let index = entry.get_log_id().index;
-            last = Some(*entry.get_log_id());
-            batch.put_cf(self.db.cf(CF_LOGS), index_key(index), encode_framed(&entry));
+            let value = encode_framed(&entry);
+            tail.1 = link(&tail.1, &value);
+            tail.0 = Some(*entry.get_log_id());
+            last = Some((*entry.get_log_id(), tail.1));
+            batch.put_cf(self.db.cf(CF_LOGS), index_key(index), value);
             count += 1;
         }
+        drop(tail);
         use std::sync::atomic::Ordering::Relaxed;
         self.db.stats.log_entries_appended.fetch_add(count, Relaxed);
         self.db.stats.log_appends.fetch_add(1, Relaxed);
@@ -245,12 +308,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         // After every append queued before it.
+        let writer = self.writer.clone();
         self.writer
             .after_writes(move |db| {
                 let mut batch = WriteBatch::default();
                 batch.delete_range_cf(db.cf(CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
                 batch.delete_cf(db.cf(CF_LOGS), index_key(u64::MAX));
-                db.write(batch, true)
+                db.write(batch, true)?;
+                *writer.tail.lock().unwrap_or_else(|p| p.into_inner()) = chain::walk(db, None)?;
+                Ok(())
             })
             .await
             .map_err(io_err(StorageIOError::write_logs))
@@ -258,11 +324,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let marker = encode_framed(&log_id);
-        // After every apply queued before it: the log is never purged past
-        // an apply that is not written.
+        // Held applies go to disk first: the log is never purged past an
+        // apply that is not written.
+        let writer = self.writer.clone();
+        blocking(move || writer.flush_applies())
+            .await
+            .map_err(io_err(StorageIOError::write_logs))?;
         self.writer
             .after_writes(move |db| {
                 let mut batch = WriteBatch::default();
+                // The chain's base moves to the purged entry (unless it is
+                // there already: a purge up to an installed snapshot).
+                let (base, _) = chain::base(db)?;
+                if base.is_none_or(|b| b.index < log_id.index) {
+                    let point = chain::walk(db, Some(log_id.index))?;
+                    if point.0 == Some(log_id) {
+                        chain::put_base(db, &mut batch, &point);
+                    }
+                }
                 // The purge marker and the deletion go together, so the log
                 // state never claims entries that are gone or hides ones
                 // that are still there.

@@ -20,7 +20,7 @@ use crate::db::{
 use crate::snapshot;
 use crate::writer::Writer;
 use crate::{Entry, TypeConfig};
-use vault_raft::checkpoint::Mark;
+use vault_raft::checkpoint::{Mark, chain_base};
 
 /// The in-memory copy of what the state column family holds.
 #[derive(Debug)]
@@ -45,13 +45,37 @@ pub struct StateMachineStore {
     /// Serialises writes of the snapshot file, so that an older snapshot
     /// never replaces a newer one.
     snapshot_file: Arc<Mutex<()>>,
+    /// The state commitment this node's HSM checkpoint recorded at a log
+    /// id it had applied ([`StateMachineStore::verify_at`]): checked when
+    /// the state gets there again.
+    verify: Arc<Mutex<Option<Applied32>>>,
 }
+
+/// A log id with the state commitment after it.
+type Applied32 = (LogId<u64>, [u8; 32]);
 
 /// A read-only view of a state machine that outlives openraft's ownership of
 /// it: status reads and digests for the node's API and for tests.
 #[derive(Debug, Clone)]
 pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
+    verify: Arc<Mutex<Option<Applied32>>>,
+}
+
+/// What the HSM checkpoint records of an applied state: the vault state's
+/// commitment (LtHash16) and the membership stored with it, hashed
+/// together. openraft takes the voters from that membership at start, so a
+/// disk edited to name other voters must not match either.
+pub fn applied_commitment(
+    state: &VaultState,
+    membership: &StoredMembership<u64, BasicNode>,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"bkv-applied-v1");
+    h.update(state.digest());
+    h.update(encode_framed(membership));
+    h.finalize().into()
 }
 
 impl StateReader {
@@ -67,6 +91,21 @@ impl StateReader {
     /// The state digest and the index it was taken at, read together.
     pub fn digest(&self) -> (Option<u64>, [u8; 32]) {
         self.read(|a| (a.last_applied.map(|l| l.index), a.state.digest()))
+    }
+
+    /// What the HSM checkpoint records of the applied state
+    /// ([`applied_commitment`]).
+    pub fn commitment(&self) -> [u8; 32] {
+        self.read(|a| applied_commitment(&a.state, &a.membership))
+    }
+
+    /// A check of the state against the checkpoint that has not been
+    /// reached yet ([`StateMachineStore::verify_at`]).
+    pub fn pending_verify(&self) -> Option<LogId<u64>> {
+        self.verify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(at, _)| at)
     }
 
     /// A user's status.
@@ -116,7 +155,43 @@ impl StateMachineStore {
                 membership,
             })),
             snapshot_file: Arc::new(Mutex::new(())),
+            verify: Arc::default(),
         })
+    }
+
+    /// At start, before Raft runs: a snapshot file on disk is as
+    /// untrusted as the rest of the disk, and a leader sends it to
+    /// followers that are far behind (they install it and record it in
+    /// their own HSM checkpoints). So it is replaced by one built from the
+    /// state, which the HSM checkpoint vouches for (or re-applying the log
+    /// checks). Returns whether there was one.
+    pub async fn rebuild_snapshot_file(&mut self) -> Result<bool, StoreError> {
+        let path = snapshot::current_path(&self.snapshot_dir);
+        if !path.exists() {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path).map_err(|e| StoreError::Snapshot {
+            op: "remove the snapshot file",
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut builder = self.get_snapshot_builder().await;
+        builder
+            .build_snapshot()
+            .await
+            .map_err(|e| StoreError::Task(format!("rebuild the snapshot: {e}")))?;
+        Ok(true)
+    }
+
+    /// Checks the state against `commitment` once it has applied `at`
+    /// (again): a node that re-applies its log, or catches up entry by
+    /// entry, past the point its HSM checkpoint recorded must reach the
+    /// state it recorded there, or its disk (the state it started from, or
+    /// its log) is not what it applied, and the apply fails: openraft then
+    /// stops rather than serve or replicate that state. A snapshot that
+    /// jumps past `at` (from the leader) ends the check unchecked.
+    pub fn verify_at(&self, at: LogId<u64>, commitment: [u8; 32]) {
+        *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, commitment));
     }
 
     /// The database's write counters (shared with the log store).
@@ -128,6 +203,7 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             applied: self.applied.clone(),
+            verify: self.verify.clone(),
         }
     }
 
@@ -164,7 +240,12 @@ fn save_if_newer(
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (dir, lock) = (self.snapshot_dir.clone(), self.snapshot_file.clone());
-        // Every apply queued before this build is in the view.
+        // Every apply queued before this build is in the view (held
+        // applies go to disk first).
+        let w = self.writer.clone();
+        blocking(move || w.flush_applies())
+            .await
+            .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
         self.writer
             .after_writes(move |db| {
                 let started = std::time::Instant::now();
@@ -250,7 +331,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             let mut guard = self.write_guard();
             let a = &mut *guard;
+            let mut verify = self.verify.lock().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
+                let log_id = entry.log_id;
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(vec![Reply::Raft]),
@@ -281,11 +364,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         replies.push(vec![Reply::Raft]);
                     }
                 }
+                if let Some((at, commitment)) = *verify
+                    && log_id.index >= at.index
+                {
+                    *verify = None;
+                    if log_id != at || applied_commitment(&a.state, &a.membership) != commitment {
+                        tracing::error!(
+                            at = %format!("{}-{}", at.leader_id.term, at.index),
+                            "FORKED: the state after re-applying this node's log is not the state its HSM checkpoint recorded there; the disk was edited. Stopping (docs/OPERATIONS.md, \"A node behind its checkpoint\")"
+                        );
+                        return Err(StorageError::from(StorageIOError::write_state_machine(
+                            &std::io::Error::other(
+                                "the state does not match the HSM checkpoint's commitment",
+                            ),
+                        )));
+                    }
+                    tracing::info!("the re-applied state matches the HSM checkpoint's commitment");
+                }
             }
+            drop(verify);
             let Some(last) = a.last_applied else {
                 return Ok(replies);
             };
-            applied = Some((last, a.state.digest()));
+            applied = Some((last, applied_commitment(&a.state, &a.membership)));
             batch.put_cf(self.db.cf(CF_META), KEY_LAST_APPLIED, encode_framed(&last));
             batch.put_cf(
                 self.db.cf(CF_META),
@@ -335,7 +436,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.dedup_capacity,
         );
         let meta = meta.clone();
-        // No queued apply may land on top of the installed state.
+        // No held apply may land on top of the installed state.
+        let w = self.writer.clone();
+        blocking(move || w.flush_applies())
+            .await
+            .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        let marks = self.writer.clone();
         let (state, meta) = self
             .writer
             .after_writes(move |db| {
@@ -375,7 +481,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     KEY_MEMBERSHIP,
                     encode_framed(&meta.last_membership),
                 );
+                let installed = applied_commitment(&state, &meta.last_membership);
+                // The log's running hash restarts at the snapshot (it is
+                // this node's own; the entries before are not kept).
+                let base = meta
+                    .last_log_id
+                    .map(|at| (Some(at), chain_base(at, &installed)));
+                let tail = match base {
+                    Some(b) => {
+                        crate::chain::put_base(db, &mut batch, &b);
+                        Some(crate::chain::walk_from(db, b, None)?)
+                    }
+                    None => None,
+                };
+                // The HSM checkpoint records the installed state before the
+                // disk holds it: the disk never claims applied state the
+                // checkpoint has not seen.
+                if let (Some(at), Some((last, hash))) = (meta.last_log_id, tail) {
+                    marks.checkpoint(&Mark {
+                        vote: None,
+                        last_log: last,
+                        applied: Some((at, installed)),
+                        log_hash: Some(hash),
+                    })?;
+                }
                 db.write(batch, true)?;
+                if let Some(t) = tail {
+                    *marks.tail.lock().unwrap_or_else(|p| p.into_inner()) = t;
+                }
                 save_if_newer(&dir, &lock, &meta, &bytes)?;
                 tracing::info!(
                     id = %meta.snapshot_id,
@@ -387,18 +520,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await
             .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
-        // Synced: the HSM checkpoint may say so (the log is behind the
-        // snapshot only when purged up to it).
-        if let Some(at) = meta.last_log_id {
-            let mark = Mark {
-                vote: None,
-                last_log: Some(at),
-                applied: Some((at, state.digest())),
-            };
-            let writer = self.writer.clone();
-            blocking(move || writer.checkpoint(&mark))
-                .await
-                .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        {
+            let mut verify = self.verify.lock().unwrap_or_else(|p| p.into_inner());
+            if verify.is_some_and(|(at, _)| meta.last_log_id.is_some_and(|l| l.index >= at.index)) {
+                *verify = None;
+            }
         }
         let mut a = self.write_guard();
         a.state = state;

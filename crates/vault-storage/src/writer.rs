@@ -19,9 +19,17 @@
 //! - An append's completion runs only after an fsync of the write-ahead log
 //!   that followed its write (one fsync for everything written since the
 //!   last, so appends queued while one fsync runs share the next).
-//! - [`Writer::caught_up`] returns once everything queued before the call is
-//!   written (not necessarily synced): readers call it first, so they see
-//!   every append that has returned and every apply that has been queued.
+//! - [`Writer::caught_up`] returns once every append queued before the call
+//!   is written (not necessarily synced): readers call it first, so they
+//!   see every append that has returned.
+//! - **The disk never holds applied state the HSM checkpoint has not
+//!   recorded.** An apply's batch is held until the next checkpoint write
+//!   (the one after the next log fsync, or one of its own after [`HOLD`]),
+//!   and written after it. So at start a disk that claims applied state
+//!   beyond its checkpoint was edited, and is not believed (vault-node's
+//!   `checkpoint`); one that applied less re-applies from its log and is
+//!   checked against the checkpoint's state commitment when it gets there.
+//!   [`Writer::flush_applies`] puts held applies on disk at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -44,7 +52,7 @@ enum Job {
     /// after the fsync that follows (and the checkpoint after it).
     Append {
         batch: WriteBatch,
-        last: Option<LogId<u64>>,
+        last: Option<(LogId<u64>, [u8; 32])>,
         done: Done,
     },
     /// Write an apply's batch, which leaves the state at `applied`. Not
@@ -57,7 +65,15 @@ enum Job {
     /// Write this committed log id (framed) as the restart hint; of several
     /// queued, only the newest is written.
     Committed(Vec<u8>),
+    /// Put every apply queued before it on disk (checkpoint first), then
+    /// run the callback: for writes that must not pass a held apply (a
+    /// purge of the log, a snapshot install).
+    Flush(Done),
 }
+
+/// How long applies wait for a log fsync to ride on before they get a
+/// checkpoint write of their own (an idle fleet's last applies).
+const HOLD: Duration = Duration::from_millis(100);
 
 /// How far the thread has got.
 #[derive(Debug, Default)]
@@ -126,6 +142,10 @@ impl Progress {
 /// and joins it, so the database can be reopened at once.
 pub(crate) struct Writer {
     db: Arc<Db>,
+    /// The running hash of the log at its last entry
+    /// ([`crate::chain`]), kept by the log store's appends and
+    /// truncations and by snapshot installs.
+    pub(crate) tail: Mutex<crate::chain::ChainPoint>,
     checkpointer: Option<Arc<dyn Checkpointer>>,
     queue: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -154,6 +174,13 @@ impl Writer {
         db: Arc<Db>,
         checkpointer: Option<Arc<dyn Checkpointer>>,
     ) -> Result<Writer, StoreError> {
+        // A log that does not read (corruption) is reported where it is
+        // read; its running hash is then unknown, and the start-up check
+        // against the HSM checkpoint does not pass.
+        let tail = Mutex::new(crate::chain::walk(&db, None).unwrap_or_else(|e| {
+            tracing::warn!("recompute the log's running hash: {e}");
+            (None, [0; 32])
+        }));
         let (queue, jobs) = std::sync::mpsc::channel::<Job>();
         let progress = Arc::new(Progress::default());
         let seen = progress.clone();
@@ -165,6 +192,7 @@ impl Writer {
             .map_err(|e| StoreError::Task(format!("start the database writer: {e}")))?;
         Ok(Writer {
             db,
+            tail,
             checkpointer,
             queue: Some(queue),
             thread: Some(thread),
@@ -177,7 +205,7 @@ impl Writer {
     pub(crate) fn append(
         &self,
         batch: WriteBatch,
-        last: Option<LogId<u64>>,
+        last: Option<(LogId<u64>, [u8; 32])>,
         done: Done,
     ) -> Result<(), StoreError> {
         self.progress.queued.fetch_add(1, Ordering::SeqCst);
@@ -213,6 +241,23 @@ impl Writer {
                 .advance(mark)
                 .map_err(|e| StoreError::Task(format!("advance the HSM checkpoint: {e}"))),
             None => Ok(()),
+        }
+    }
+
+    /// Blocks until every apply queued before the call is on disk (after
+    /// the checkpoint write that covers it). Call it from the blocking pool.
+    pub(crate) fn flush_applies(&self) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done: Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.send(Job::Flush(done)).map_err(|_| self.gone())?;
+        match rx.recv_timeout(CATCH_UP) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
+            Err(_) => Err(StoreError::Task(
+                "the database writer did not put the applies on disk in time".into(),
+            )),
         }
     }
 
@@ -260,99 +305,168 @@ impl Writer {
     }
 }
 
-/// The thread: takes everything queued, writes it in order, lets readers
-/// on, then fsyncs once if an append waits and completes the appends.
+/// The thread: takes everything queued, writes appends in order, lets
+/// readers on, then fsyncs once if an append waits, advances the HSM
+/// checkpoint over the appends and every held apply, writes the held
+/// applies, and completes the appends.
 fn run(
     db: &Db,
     jobs: &std::sync::mpsc::Receiver<Job>,
     progress: &Progress,
     checkpointer: Option<&dyn Checkpointer>,
 ) {
-    // The newest append and apply written (not yet necessarily synced).
-    let mut appended: Option<LogId<u64>> = None;
-    let mut applied: Option<(LogId<u64>, [u8; 32])> = None;
-    // Ends when the last sender (the last handle) is dropped.
-    while let Ok(first) = jobs.recv() {
+    use std::sync::mpsc::RecvTimeoutError;
+
+    // Applies not yet on disk, and the state they leave.
+    let mut held: Vec<WriteBatch> = Vec::new();
+    let mut held_mark: Option<(LogId<u64>, [u8; 32])> = None;
+    let mut held_since = Instant::now();
+    loop {
+        let first = if held.is_empty() {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            }
+        } else {
+            match jobs.recv_timeout(HOLD) {
+                Ok(job) => Some(job),
+                // Nothing to ride on: the held applies get a checkpoint
+                // write of their own (and on shutdown, a last one).
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // A failure is logged and recorded by `release`.
+                    let _ = release(db, progress, checkpointer, None, &mut held, held_mark);
+                    break;
+                }
+            }
+        };
+        let timed_out = first.is_none();
+        // The newest append of this group, with the log's running hash
+        // there (only this group's: an older one could carry a hash from
+        // before a snapshot install restarted the chain).
+        let mut appended: Option<(LogId<u64>, [u8; 32])> = None;
         let mut failed = progress.failed();
         let mut processed = 0u64;
         let mut waiting = Vec::new();
+        let mut appends = 0usize;
         let mut hint = None;
-        for job in std::iter::once(first).chain(jobs.try_iter()) {
-            let (batch, what) = match job {
+        for job in first.into_iter().chain(jobs.try_iter()) {
+            match job {
                 Job::Append { batch, last, done } => {
                     waiting.push(done);
-                    if failed.is_none() && last.is_some() {
+                    appends += 1;
+                    processed += 1;
+                    if failed.is_some() {
+                        continue;
+                    }
+                    if last.is_some() {
                         appended = last;
                     }
-                    (batch, "write log entries")
+                    if let Err(e) = db.write(batch, false) {
+                        tracing::error!(
+                            "write log entries: {e}; the database takes no more writes"
+                        );
+                        failed = Some(format!("write log entries: {e}"));
+                    }
                 }
                 Job::Apply {
                     batch,
                     applied: now,
                 } => {
-                    if failed.is_none() && now.is_some() {
-                        applied = now;
+                    processed += 1;
+                    if failed.is_none() {
+                        if held.is_empty() {
+                            held_since = Instant::now();
+                        }
+                        held.push(batch);
+                        if now.is_some() {
+                            held_mark = now;
+                        }
                     }
-                    (batch, "write the applied state")
                 }
-                Job::Committed(framed) => {
-                    hint = Some(framed);
-                    continue;
-                }
-            };
-            processed += 1;
-            if failed.is_none()
-                && let Err(e) = db.write(batch, false)
-            {
-                tracing::error!("{what}: {e}; the database takes no more writes");
-                failed = Some(format!("{what}: {e}"));
+                Job::Committed(framed) => hint = Some(framed),
+                Job::Flush(done) => waiting.push(done),
             }
         }
         if let (None, Some(framed)) = (&failed, hint) {
             let mut write = WriteBatch::default();
             write.put_cf(db.cf(CF_META), KEY_COMMITTED, framed);
-            // Only a hint for faster restarts: losing it is safe.
+            // Only a hint for faster restarts: losing it is safe (and at
+            // start the checkpoint caps it).
             if let Err(e) = db.write(write, false) {
                 tracing::warn!("save the committed log id: {e}");
             }
         }
-        // Readers may go on now: the writes are visible, if not yet synced.
+        // Readers may go on now: the appends are visible, if not synced.
         progress.advance(processed, failed.clone());
-        if waiting.is_empty() {
+        // Applies alone wait (up to HOLD) for an fsync to ride on.
+        let held_long = !held.is_empty() && (timed_out || held_since.elapsed() >= HOLD);
+        if waiting.is_empty() && !held_long {
             continue;
         }
-        let synced = match failed {
+        let result = match failed {
             Some(why) => Err(why),
             None => {
-                let r = db
-                    .rocks
-                    .flush_wal(true)
-                    .map_err(|e| format!("fsync the log: {e}"));
-                db.stats.synced_writes.fetch_add(1, Ordering::Relaxed);
-                // The appends (and every apply written before them) are on
-                // disk: the HSM records that before anyone hears of it, so
-                // no acknowledged entry is ever missing from the mark.
-                let r = r.and_then(|()| match checkpointer {
-                    Some(c) => c
-                        .advance(&Mark {
-                            vote: None,
-                            last_log: appended,
-                            applied,
-                        })
-                        .map_err(|e| format!("advance the HSM checkpoint: {e}")),
-                    None => Ok(()),
-                });
-                if let Err(why) = &r {
-                    tracing::error!("{why}; the database takes no more writes");
-                    progress.advance(0, Some(why.clone()));
+                let synced = if appends > 0 {
+                    db.stats.synced_writes.fetch_add(1, Ordering::Relaxed);
+                    db.rocks
+                        .flush_wal(true)
+                        .map_err(|e| format!("fsync the log: {e}"))
+                } else {
+                    Ok(())
+                };
+                match synced {
+                    Ok(()) => release(db, progress, checkpointer, appended, &mut held, held_mark),
+                    Err(why) => {
+                        tracing::error!("{why}; the database takes no more writes");
+                        progress.advance(0, Some(why.clone()));
+                        Err(why)
+                    }
                 }
-                r
             }
         };
         for done in waiting {
-            done(synced.clone().map_err(std::io::Error::other));
+            done(result.clone().map_err(std::io::Error::other));
         }
     }
+}
+
+/// With the appends synced: records them (`appended`) and the held applies
+/// (`held_mark`) in the HSM checkpoint, so no acknowledged entry and no
+/// applied state on disk is ever missing from it, then writes the held
+/// applies (not synced: they are re-applied from the log if lost).
+fn release(
+    db: &Db,
+    progress: &Progress,
+    checkpointer: Option<&dyn Checkpointer>,
+    appended: Option<(LogId<u64>, [u8; 32])>,
+    held: &mut Vec<WriteBatch>,
+    held_mark: Option<(LogId<u64>, [u8; 32])>,
+) -> Result<(), String> {
+    let r = match checkpointer {
+        Some(c) => c
+            .advance(&Mark {
+                vote: None,
+                last_log: appended.map(|(l, _)| l),
+                applied: held_mark,
+                log_hash: appended.map(|(_, h)| h),
+            })
+            .map_err(|e| format!("advance the HSM checkpoint: {e}")),
+        None => Ok(()),
+    };
+    let r = r.and_then(|()| {
+        for batch in held.drain(..) {
+            db.write(batch, false)
+                .map_err(|e| format!("write the applied state: {e}"))?;
+        }
+        Ok(())
+    });
+    if let Err(why) = &r {
+        held.clear();
+        tracing::error!("{why}; the database takes no more writes");
+        progress.advance(0, Some(why.clone()));
+    }
+    r
 }
 
 #[cfg(test)]

@@ -238,3 +238,20 @@ fn request_id(kind: u8, i: u32) -> RequestId {
     id[12..].copy_from_slice(&i.to_be_bytes());
     RequestId(id)
 }
+
+/// Spends every attempt of `user` with wrong passwords through `client`,
+/// until the fleet answers that the record is locked.
+pub fn lock_out(
+    rt: &tokio::runtime::Runtime,
+    client: &vault_client::Client,
+    user: &UserId,
+) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        match rt.block_on(client.recover(user, b"wrong")) {
+            Err(vault_client::ClientError::WrongPassword { .. }) => {}
+            Err(vault_client::ClientError::Locked) => return Ok(()),
+            other => bail!("a wrong password gave {other:?}"),
+        }
+    }
+    bail!("{user} never locked")
+}

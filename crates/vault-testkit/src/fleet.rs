@@ -562,6 +562,24 @@ impl TestFleet {
         Ok(out)
     }
 
+    /// A fleet of `n` voters from `template`, started, initialised and
+    /// converged within `within`.
+    pub fn started(template: &Template, n: u64, within: Duration) -> anyhow::Result<TestFleet> {
+        let mut fleet = TestFleet::create(template, &crate::FleetSpec::voters(n))?;
+        fleet.start_all(1..=n)?;
+        fleet.init()?;
+        fleet.wait_converged(within)?;
+        Ok(fleet)
+    }
+
+    /// Stops nodes `ids` gracefully, one after the other.
+    pub fn terminate_all(&mut self, ids: &[u64]) -> anyhow::Result<()> {
+        for &id in ids {
+            self.terminate(id, Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
     /// `vaultctl cluster init` (waits for the nodes to come up).
     pub fn init(&self) -> anyhow::Result<()> {
         self.vaultctl_ok(&["cluster", "init", "--wait", "60"])

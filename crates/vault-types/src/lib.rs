@@ -20,4 +20,4 @@ pub use ids::{
     FleetId, Generation, IdError, MAX_FLEET_ID_LEN, MAX_USER_ID_LEN, NodeId, RequestDigest,
     RequestId, SealedBytes, Timestamp, UserId,
 };
-pub use response::{CommandError, Reply, Response, UserStatus};
+pub use response::{CommandError, GRANT_REPLAY_WINDOW_MS, Reply, Response, UserStatus};

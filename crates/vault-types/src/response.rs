@@ -138,7 +138,19 @@ pub enum CommandError {
         /// The record's.
         sealed: u32,
     },
+    /// A replayed `BeginAttempt` whose grant is older than a session lives
+    /// ([`GRANT_REPLAY_WINDOW_MS`]), or was followed by a success that
+    /// reset the counter: its session is gone, and a replay opens none.
+    /// (Last in the enum: earlier variants keep their encoding.)
+    #[error("the session this request began has expired")]
+    GrantExpired,
 }
+
+/// How long after its grant a replayed `BeginAttempt` is still answered
+/// with that grant (by the proposing nodes' clocks, carried in the
+/// commands): the default session TTL. A frontend that replays request ids
+/// of finished logins then holds no login places with them.
+pub const GRANT_REPLAY_WINDOW_MS: u64 = 60_000;
 
 /// What a log entry's application returns to openraft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

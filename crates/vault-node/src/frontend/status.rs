@@ -66,9 +66,11 @@ pub fn propose_failed(e: ProposeError) -> Status {
     }
 }
 
-/// The HSM failed; retry.
+/// The HSM failed; retry. The device's own words (token labels, PKCS#11
+/// codes, operation names) go to this node's log, not to the frontend.
 pub fn hsm_failed(e: vault_hsm::HsmError) -> Status {
-    unavailable(format!("HSM: {e}"))
+    tracing::warn!("HSM operation for a frontend call failed: {e}");
+    unavailable("this node's HSM did not answer; retry (another node may serve)")
 }
 
 /// The fleet is not initialized yet.
@@ -101,6 +103,12 @@ pub fn refused(e: CommandError) -> Status {
         CommandError::MaxAttemptsOutOfRange { requested, cap } => {
             invalid(format!("max_attempts {requested} is outside 1..={cap}"))
         }
+        // A replayed request id whose session is gone: nothing opened.
+        CommandError::GrantExpired => fail(
+            Code::FailedPrecondition,
+            ErrorKind::SessionExpired,
+            "this request's session has expired; start a new recovery",
+        ),
         CommandError::StaleGeneration { .. } | CommandError::NoAttemptInProgress => fail(
             Code::FailedPrecondition,
             ErrorKind::SessionExpired,
