@@ -92,6 +92,10 @@ fn main() -> ExitCode {
             a_captured_registration_nonce_cannot_be_registered_again,
         ),
         (
+            "a_stale_registration_is_refused_before_its_evaluation_is_checked",
+            a_stale_registration_is_refused_before_its_evaluation_is_checked,
+        ),
+        (
             "an_evaluation_swapped_at_registration_gives_no_offline_test",
             an_evaluation_swapped_at_registration_gives_no_offline_test,
         ),
@@ -190,8 +194,13 @@ struct App {
 
 /// What a frontend keeps of a registration it relayed.
 struct Relayed {
+    /// The app's `RegistrationRequest` (the frontend relayed it).
+    request: Vec<u8>,
     start: vault_proto::v1::RegisterStartReply,
     finish: RegisterFinishRequest,
+    /// What the app sealed (only a test that plays the app has these).
+    upload: Vec<u8>,
+    enc_k: Vec<u8>,
 }
 
 impl App {
@@ -215,7 +224,7 @@ impl App {
         let start = c
             .register_start(RegisterStartRequest {
                 user_id: who.as_str().into(),
-                registration_request: request,
+                registration_request: request.clone(),
             })
             .await?
             .into_inner();
@@ -238,7 +247,13 @@ impl App {
             ..Default::default()
         };
         c.register_finish(finish.clone()).await?;
-        Ok(Relayed { start, finish })
+        Ok(Relayed {
+            request,
+            start,
+            finish,
+            upload: out.upload.to_vec(),
+            enc_k: out.enc_k.to_vec(),
+        })
     }
 
     /// A whole recovery; `Ok(true)` when K came back, `Ok(false)` when the
@@ -858,6 +873,72 @@ fn a_captured_registration_nonce_cannot_be_registered_again(template: &Template)
                 accepted.is_empty() && after == before,
                 "registered with {accepted:?}: {before:?} -> {after:?}"
             );
+            ensure!(app.recover(&mut c, &alice, b"victim's password").await?);
+            Ok(())
+        })
+    })
+}
+
+/// Measure: password guesses testable ≤ attempts committed (no answer
+/// depends on a live record's OPRF key but a metered KE2). A frontend kept
+/// the victim's registration nonce `n`, issued for generation 0 and live
+/// since. It seals payloads of its own under `n` at generation 0: a request
+/// X and a claimed evaluation Y, once the fleet's true `k·X` and once
+/// another point. If the fleet checked "Y = k·X" under the live key before
+/// refusing the stale generation, the two answers would differ: an
+/// unmetered decision oracle for the victim's key, asked as often as the
+/// frontend likes.
+fn a_stale_registration_is_refused_before_its_evaluation_is_checked(
+    template: &Template,
+) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let alice = user("alice");
+            let victim = app.register(&mut c, &alice, b"victim's password", 5).await?;
+            let keys = victim.start.fleet.clone().context("fleet keys")?;
+            let before = status(&mut c, &alice).await?;
+            let truth = victim.start.registration_response.clone();
+            let other = forged_response(&victim.request, &keys.opaque_public_key);
+            ensure!(truth != other, "the forged evaluation is the fleet's");
+            let mut answers = Vec::new();
+            for response in [&truth, &other] {
+                let x = Exchanged {
+                    request: &victim.request,
+                    response,
+                };
+                let plain = v2_payload(
+                    2,
+                    &x,
+                    &victim.upload,
+                    &victim.enc_k,
+                    &victim.start.registration_nonce,
+                    0,
+                    &[],
+                );
+                let sealed = seal_to_fleet(&keys.hpke_public_key, &app.fleet, &alice, &plain);
+                let r = c
+                    .register_finish(RegisterFinishRequest {
+                        user_id: alice.as_str().into(),
+                        sealed_registration: sealed,
+                        request_id: new_id(),
+                        ..Default::default()
+                    })
+                    .await;
+                answers.push(match r {
+                    Ok(reply) => format!("OK {:?}", reply.into_inner()),
+                    Err(e) => format!("{:?} {:?} {}", e.code(), kind(&e), e.message()),
+                });
+            }
+            ensure!(
+                answers[0] == answers[1],
+                "the answer tells whether Y = k·X under the live record's key: with the true evaluation {:?}, with another {:?}",
+                answers[0],
+                answers[1]
+            );
+            ensure!(answers[0].starts_with("Aborted Conflict"), "{answers:?}");
+            ensure!(status(&mut c, &alice).await? == before);
             ensure!(app.recover(&mut c, &alice, b"victim's password").await?);
             Ok(())
         })

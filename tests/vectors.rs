@@ -420,7 +420,9 @@ fn transcript(mut rng: impl FnMut(&str) -> Source) -> Value {
         )
         .expect("finish");
     take("client_registration_finish", r);
-    let opened = secrets.register_finish(&user, &out.sealed).expect("opens");
+    let opened = secrets
+        .register_finish(&user, &out.sealed, vault_types::Generation(0))
+        .expect("opens");
     let mut r = rng("client_login_start");
     let (login, ke1) = Login::start(&mut r, password).expect("login");
     take("client_login_start", r);

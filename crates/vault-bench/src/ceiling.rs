@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use vault_hsm::softhsm::{self, SoftHsmDir};
-use vault_types::UserId;
+use vault_types::{Generation, UserId};
 
 use crate::PASSWORD;
 
@@ -72,7 +72,9 @@ fn opaque_ceiling() -> anyhow::Result<f64> {
         10,
         &[0; 32],
     )?;
-    let record = secrets.register_finish(&user, &out.sealed)?.record;
+    let record = secrets
+        .register_finish(&user, &out.sealed, Generation(0))?
+        .record;
     // Client messages are prepared outside the timed loop.
     let mut inputs = Vec::new();
     for _ in 0..64 {

@@ -35,7 +35,7 @@ use vault_proto::v1::{
     RegisterFinishRequest, RegisterStartReply, RegisterStartRequest, UserStatusReply,
     UserStatusRequest,
 };
-use vault_protocol::{FleetSecrets, StoredRecord, hpke_key_aad, record_aad};
+use vault_protocol::{FleetSecrets, ProtocolError, StoredRecord, hpke_key_aad, record_aad};
 use vault_raft::proposer::Proposer;
 use vault_storage::StateReader;
 use vault_types::{
@@ -377,17 +377,6 @@ impl Frontend for FrontendService {
             ));
         }
         let secrets = self.secrets().await?;
-        let opened = secrets
-            .register_finish(&user, &r.sealed_registration)
-            .map_err(|e| invalid(e.to_string()))?;
-        let cap = self.fleet.max_attempts_cap;
-        if opened.max_attempts == 0 || opened.max_attempts > cap {
-            return Err(invalid(format!(
-                "max_attempts {} is outside 1..={cap}",
-                opened.max_attempts
-            )));
-        }
-        let expected = opened.expected_generation;
         let digest = RequestDigest::of(&[
             b"register",
             user.as_str().as_bytes(),
@@ -395,29 +384,47 @@ impl Frontend for FrontendService {
         ]);
         // A retry of a registration that succeeded (its answer was lost)
         // gets the first execution's answer (docs/PROTOCOL.md §6), not the
-        // conflict its now-stale generation would earn.
+        // conflict its now-stale generation would earn. These exact bytes
+        // passed every check once, so opening them again tells nothing.
         let first = self.reader.with_state(|s| {
             s.remembered(&id)
                 .filter(|e| e.digest == digest)
-                .map(|e| e.reply.clone())
+                .and_then(|e| match e.reply {
+                    Ok(VaultResponse::Registered { generation }) => Some(generation),
+                    _ => None,
+                })
         });
-        if let Some(Ok(VaultResponse::Registered { generation })) = first {
+        // Generations only grow: if this node already sees a newer one,
+        // the compare-and-set would fail. The payload is refused as stale
+        // before its OPRF evaluation is checked (its nonce may be the live
+        // record's), and before the HSM and the log do any work.
+        let newest = match first {
+            Some(_) => Generation(0),
+            None => self
+                .reader
+                .with_state(|s| s.user(&user).map(|u| u.generation))
+                .unwrap_or(Generation(0)),
+        };
+        let opened = match secrets.register_finish(&user, &r.sealed_registration, newest) {
+            Ok(opened) => opened,
+            Err(ProtocolError::Stale) => return Err(conflict()),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let cap = self.fleet.max_attempts_cap;
+        if opened.max_attempts == 0 || opened.max_attempts > cap {
+            return Err(invalid(format!(
+                "max_attempts {} is outside 1..={cap}",
+                opened.max_attempts
+            )));
+        }
+        if let Some(generation) = first {
             tracing::info!(request = ?id, generation = generation.0, "registration retried; answered from its first execution");
             return Ok(Response::new(RegisterFinishReply {
                 generation: generation.0,
                 max_attempts: opened.max_attempts,
             }));
         }
-        // Generations only grow: if this node already sees a newer one,
-        // the compare-and-set would fail; refuse before the HSM and the log
-        // do any work for a stale (or replayed) payload.
-        let local = self
-            .reader
-            .with_state(|s| s.user(&user).map(|u| u.generation))
-            .unwrap_or(Generation(0));
-        if local > expected {
-            return Err(conflict());
-        }
+        let expected = opened.expected_generation;
         let Some(next) = expected.0.checked_add(1) else {
             return Err(conflict());
         };
@@ -672,7 +679,9 @@ pub(crate) mod tests {
                 &[0; 32],
             )
             .unwrap();
-        let opened = secrets.register_finish(&user, &out.sealed).unwrap();
+        let opened = secrets
+            .register_finish(&user, &out.sealed, vault_types::Generation(0))
+            .unwrap();
         let (_, ke1) = Login::start(&mut rng, b"pw").unwrap();
         secrets
             .login_start(&mut rng, &user, &opened.record, &ke1)

@@ -14,6 +14,10 @@ pub enum ProtocolError {
     /// key.
     #[error("{0} does not open")]
     Unauthentic(&'static str),
+    /// The payload is for a generation older than the user's newest: a
+    /// registration that another one, a lockout or a delete overtook.
+    #[error("stale generation")]
+    Stale,
     /// A primitive refused its input (should not happen with valid input).
     #[error("{0} failed")]
     Internal(&'static str),

@@ -168,10 +168,17 @@ impl FleetSecrets {
     /// strictly, checks that its nonce was issued for this user at the
     /// generation it names, and returns the record to seal with the
     /// payload's generation and budget.
+    ///
+    /// `newest` is the newest generation the caller knows for the user. A
+    /// payload for an older one is refused as [`ProtocolError::Stale`]
+    /// before the OPRF evaluation is checked: its nonce may be the live
+    /// record's, and "does the claimed evaluation match" would then be an
+    /// unmetered answer about the live key.
     pub fn register_finish(
         &self,
         user: &UserId,
         sealed: &[u8],
+        newest: Generation,
     ) -> Result<OpenedRegistration, ProtocolError> {
         let sealed = exactly(sealed, SEALED_REGISTRATION_LEN, "sealed registration")?;
         let (encapped, ct) = sealed.split_at(HPKE_PUBLIC_KEY_LEN);
@@ -191,6 +198,9 @@ impl FleetSecrets {
         let payload = RegisterPayload::decode(&plain)?;
         if !nonce_is_valid(&self.nonce_key, user, payload.generation, &payload.nonce) {
             return Err(ProtocolError::Unauthentic("registration nonce"));
+        }
+        if payload.generation < newest {
+            return Err(ProtocolError::Stale);
         }
         // The app built its record on the response it received. Unless that
         // is the fleet's own evaluation of the app's request under this

@@ -61,7 +61,7 @@ fn app_finish(
 fn register(f: &FleetSecrets, rng: &mut ChaCha20Rng, who: &UserId, password: &[u8]) -> Registered {
     let out = app_finish(f, rng, who, password, &[], Generation(0));
     assert_eq!(out.server_public_key, f.opaque_public_key());
-    let opened = f.register_finish(who, &out.sealed).unwrap();
+    let opened = f.register_finish(who, &out.sealed, Generation(0)).unwrap();
     assert_eq!(opened.record.enc_k, *out.enc_k);
     assert_eq!(opened.expected_generation, Generation(0));
     assert_eq!(opened.max_attempts, 7);
@@ -132,7 +132,8 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
     let carol = user("carol");
     let sealed = app_finish(&f, &mut rng, &carol, b"pw", &[], Generation(0)).sealed;
     assert_eq!(
-        f.register_finish(&user("dave"), &sealed).err(),
+        f.register_finish(&user("dave"), &sealed, Generation(0))
+            .err(),
         Some(ProtocolError::Unauthentic("sealed registration"))
     );
     let other = FleetSecrets::new(
@@ -141,12 +142,16 @@ fn a_sealed_registration_opens_only_for_its_user_and_fleet() {
         &new_hpke_key([2; 32]),
     )
     .unwrap();
-    assert!(other.register_finish(&carol, &sealed).is_err());
+    assert!(
+        other
+            .register_finish(&carol, &sealed, Generation(0))
+            .is_err()
+    );
     let mut flipped = sealed.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    assert!(f.register_finish(&carol, &flipped).is_err());
-    assert!(f.register_finish(&carol, &sealed).is_ok());
+    assert!(f.register_finish(&carol, &flipped, Generation(0)).is_err());
+    assert!(f.register_finish(&carol, &sealed, Generation(0)).is_ok());
 }
 
 #[test]
@@ -168,7 +173,7 @@ fn malformed_and_oversized_inputs_are_refused() {
             f.login_start(&mut rng, &eve, &reg.record, bad),
             Err(ProtocolError::Malformed(_))
         ));
-        assert!(f.register_finish(&eve, bad).is_err());
+        assert!(f.register_finish(&eve, bad, Generation(0)).is_err());
     }
     assert!(StoredRecord::decode(&[2, 0]).is_err());
     assert!(StoredRecord::decode(&[]).is_err());
@@ -248,7 +253,7 @@ fn a_response_made_under_another_oprf_key_is_refused() {
         "the app cannot tell"
     );
     assert_eq!(
-        f.register_finish(&alice, &out.sealed).err(),
+        f.register_finish(&alice, &out.sealed, Generation(0)).err(),
         Some(ProtocolError::Unauthentic("registration response"))
     );
 }
@@ -261,7 +266,7 @@ fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
     let ok = app_finish(&f, &mut rng, &alice, b"pw", &[], Generation(3));
     // As issued: opens.
     assert_eq!(
-        f.register_finish(&alice, &ok.sealed)
+        f.register_finish(&alice, &ok.sealed, Generation(0))
             .unwrap()
             .expected_generation,
         Generation(3)
@@ -279,7 +284,7 @@ fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
     let forged = app_finish(&f, &mut rng, &alice, b"pw", &forged, Generation(3));
     for (who, out) in [(&alice, later), (&bob, other), (&alice, forged)] {
         assert_eq!(
-            f.register_finish(who, &out.sealed).err(),
+            f.register_finish(who, &out.sealed, Generation(0)).err(),
             Some(ProtocolError::Unauthentic("registration nonce"))
         );
     }
@@ -287,9 +292,20 @@ fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
     // response was made under, does not fit the response.
     let swapped = app_finish(&f, &mut rng, &alice, b"pw", &issued, Generation(3));
     assert_eq!(
-        f.register_finish(&alice, &swapped.sealed).err(),
+        f.register_finish(&alice, &swapped.sealed, Generation(0))
+            .err(),
         Some(ProtocolError::Unauthentic("registration response"))
     );
+    // Once the user is past generation 3, a payload for it is stale before
+    // anything is evaluated: the answer does not say whether its
+    // evaluation fits the (maybe live) key.
+    for out in [&ok, &swapped] {
+        assert_eq!(
+            f.register_finish(&alice, &out.sealed, Generation(4)).err(),
+            Some(ProtocolError::Stale)
+        );
+    }
+    assert!(f.register_finish(&alice, &ok.sealed, Generation(3)).is_ok());
     // Another fleet's nonces are not this fleet's.
     let other_fleet = FleetSecrets::new(
         f.fleet().clone(),
@@ -298,7 +314,10 @@ fn a_registration_nonce_is_only_good_for_its_user_and_generation() {
     )
     .unwrap();
     let theirs = app_finish(&other_fleet, &mut rng, &alice, b"pw", &[], Generation(0));
-    assert!(f.register_finish(&alice, &theirs.sealed).is_err());
+    assert!(
+        f.register_finish(&alice, &theirs.sealed, Generation(0))
+            .is_err()
+    );
 }
 
 #[test]
