@@ -253,6 +253,30 @@ fn a_rotation_survives_a_leader_kill_and_shreds_what_old_copies_hold(
             "a disk after the rotation still has live blobs under {live:?}"
         );
         fleet.wait_converged(CONVERGE)?;
+
+        // An operator puts node 3's pre-rotation copy back and forces it in
+        // with --accept-rollback: every record in it is sealed under v1,
+        // which node 3's token destroyed. Adopted, they would all be lost
+        // (a snapshot of that state would spread the loss). The node must
+        // refuse to start, and say why.
+        fleet.terminate(3, Duration::from_secs(20))?;
+        std::fs::remove_dir_all(&dir3)?;
+        copy_tree(copy.path(), &dir3, &[])?;
+        fleet.start_with(3, &["--accept-rollback"])?;
+        let give_up = std::time::Instant::now() + CONVERGE;
+        while fleet.is_running(3) && std::time::Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ensure!(
+            !fleet.is_running(3),
+            "node 3 adopted a pre-rotation disk under --accept-rollback: its records are sealed under KEK v1, destroyed on its token, and are lost"
+        );
+        let log = fleet.log(3);
+        ensure!(
+            log.contains("destroyed KEK version"),
+            "node 3 stopped without saying why: {}",
+            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        );
         Ok(())
     })();
     fleet.with_logs(result)

@@ -419,6 +419,33 @@ pub mod testing {
             keks,
         })
     }
+
+    /// What a PIN holder can do without this crate's checks (no destroyed
+    /// record, no fingerprint): unwrap `kek` with the token's transport
+    /// private key, as a session object that is destroyed again at once.
+    /// `Ok` means the KEK came back.
+    pub fn unwrap_raw(
+        module: &Path,
+        label: &str,
+        user_pin: &SecretBytes,
+        kek: &WrappedKek,
+    ) -> Result<(), CeremonyError> {
+        let token = Token::find(module, label)?;
+        let session = token.session(true)?;
+        token.login_user(&session, user_pin)?;
+        let transport = find_one(&session, ObjectClass::PRIVATE_KEY, TRANSPORT_LABEL)?
+            .ok_or_else(|| CeremonyError::NoTransportKey(label.to_owned()))?;
+        let mut template = kek_template(KekVersion(kek.version), false);
+        template.retain(|a| !matches!(a, Attribute::Token(_)));
+        template.push(Attribute::Token(false));
+        let handle = session
+            .unwrap_key(&oaep(), transport, &kek.wrapped, &template)
+            .map_err(|e| DeviceError::from_cryptoki("unwrap KEK", e))?;
+        session
+            .destroy_object(handle)
+            .map_err(|e| DeviceError::from_cryptoki("destroy unwrapped KEK", e))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ pub fn init_token(req: &InitRequest<'_>) -> Result<KeyReport, ProvisionError> {
         generate_kek(&session, KekVersion(1))?;
     }
     generate_ec_signing_key(&session, ATTESTATION_LABEL, "generate attestation key")?;
-    generate_transport_key(&session)?;
+    crate::pkcs11::transport::generate(&session, TRANSPORT_LABEL, 0)?;
     generate_ec_signing_key(&session, TLS_LABEL, "generate TLS key")?;
     bear_checkpoint(req.module, req.label, req.user_pin)?;
     report_with(&token, &session)
@@ -338,36 +338,6 @@ fn generate_ec_signing_key(
     session
         .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
         .map_err(|e| DeviceError::from_cryptoki(what, e))?;
-    Ok(())
-}
-
-fn generate_transport_key(session: &Session) -> Result<(), DeviceError> {
-    let label = TRANSPORT_LABEL.as_bytes().to_vec();
-    let public = [
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::ModulusBits(TRANSPORT_KEY_BITS.into()),
-        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-        Attribute::Wrap(true),
-        Attribute::Encrypt(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::Label(label.clone()),
-    ];
-    let private = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Unwrap(true),
-        Attribute::Decrypt(false),
-        Attribute::Sign(false),
-        Attribute::Derive(false),
-        Attribute::Label(label),
-    ];
-    session
-        .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
-        .map_err(|e| DeviceError::from_cryptoki("generate transport key", e))?;
     Ok(())
 }
 

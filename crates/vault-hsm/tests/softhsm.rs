@@ -712,8 +712,22 @@ fn kek_rotation(module: &Path, pin_file: &Path) -> CheckResult {
             return Err(format!("{name} holds {:?}", hsm.kek_versions()));
         }
     }
-    // The kept file does not bring v1 back, and a new version goes above
-    // every version ever destroyed.
+    // A PIN holder needs none of this crate's checks (and can delete the
+    // token's record of the destroyed version): with the transport private
+    // key the kept file was wrapped for, v1 would come back.
+    let v1 = kept
+        .keks
+        .iter()
+        .find(|k| k.version == 1)
+        .ok_or("the kept file has no v1")?;
+    if ceremony::testing::unwrap_raw(module, "rot-b", &secret(USER_PIN), v1).is_ok() {
+        return Err(
+            "a PIN holder unwrapped destroyed KEK v1 from a kept ceremony file: the transport key survived the destroy"
+                .into(),
+        );
+    }
+    // Through this crate the kept file is refused as well; a rerun of the
+    // destroy keeps the new transport key, which receives a new ceremony.
     match ceremony::import_keks(
         module,
         "rot-b",
@@ -721,13 +735,39 @@ fn kek_rotation(module: &Path, pin_file: &Path) -> CheckResult {
         &kept,
         ImportOptions::default(),
     ) {
-        Err(CeremonyError::Destroyed(1)) => {}
+        Err(CeremonyError::Destroyed(1) | CeremonyError::WrongRecipient { .. }) => {}
         other => {
             return Err(format!(
                 "re-importing a kept file after destroying v1: {other:?}"
             ));
         }
     }
+    let replaced = ceremony::export_transport_key(module, "rot-b").map_err(|x| e(&x))?;
+    b.destroy_kek(KekVersion(1))
+        .map_err(|x| format!("destroy v1 again on rot-b: {x}"))?;
+    let after_rerun = ceremony::export_transport_key(module, "rot-b").map_err(|x| e(&x))?;
+    if replaced.fingerprint() == transport.fingerprint()
+        || after_rerun.fingerprint() != replaced.fingerprint()
+    {
+        return Err("the transport key was not replaced once by the destroy".into());
+    }
+    drop(a);
+    let fresh = ceremony::wrap_keks_for(
+        module,
+        "rot-a",
+        &secret(SO_PIN),
+        &secret(USER_PIN),
+        &replaced,
+    )
+    .map_err(|x| e(&x))?;
+    ceremony::import_keks(
+        module,
+        "rot-b",
+        &secret(USER_PIN),
+        &fresh,
+        ImportOptions::default(),
+    )
+    .map_err(|x| format!("a ceremony to the new transport key: {x}"))?;
     if b.refresh_keks().map_err(|x| e(&x))? != vec![KekVersion(2)] {
         return Err(format!(
             "rot-b holds {:?} after the re-import",

@@ -719,20 +719,18 @@ impl Admin for AdminService {
             )));
         }
         let held = self.hsm.refresh_keks().await.map_err(hsm_unavailable)?;
-        if !held.contains(&KekVersion(v)) {
-            // Destroyed before (a rerun after another node refused): done.
-            return Ok(Response::new(DestroyKekReply {
-                kek_versions: held.into_iter().map(|k| k.0).collect(),
-            }));
+        match self.hsm.destroy_kek(KekVersion(v)).await {
+            // Never held here (this node joined after it): nothing to do.
+            Err(vault_hsm::HsmError::UnknownKekVersion(_)) => {}
+            Err(e) => return Err(Status::failed_precondition(format!("HSM: {e}"))),
+            // Destroyed before (a rerun after another node refused): the
+            // call only made sure the transport key was replaced too.
+            Ok(()) if !held.contains(&KekVersion(v)) => {}
+            Ok(()) => tracing::warn!(
+                version = v,
+                "destroyed KEK version in this node's HSM: every blob sealed under it is unreadable for good; the token's transport key was replaced (KEK ceremonies to this token need its new fingerprint)"
+            ),
         }
-        self.hsm
-            .destroy_kek(KekVersion(v))
-            .await
-            .map_err(|e| Status::failed_precondition(format!("HSM: {e}")))?;
-        tracing::warn!(
-            version = v,
-            "destroyed KEK version in this node's HSM: every blob sealed under it is unreadable for good"
-        );
         let kek_versions = self
             .hsm
             .refresh_keks()

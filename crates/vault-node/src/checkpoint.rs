@@ -255,6 +255,30 @@ fn unverified(mark: &Mark, disk: &Disk) -> Option<String> {
     None
 }
 
+/// Refuses `--accept-rollback` onto a state whose live blobs (`in_state`,
+/// counted by KEK version) name a version this token destroyed
+/// (`destroyed`): every record sealed under it would be lost for good, and
+/// a snapshot of that state would carry the loss to the other nodes.
+pub fn refuse_rollback_past_destroyed_keks(
+    in_state: &std::collections::BTreeMap<Option<u32>, u64>,
+    destroyed: &std::collections::BTreeSet<u32>,
+) -> anyhow::Result<()> {
+    let lost: Vec<String> = in_state
+        .iter()
+        .filter_map(|(v, n)| {
+            v.filter(|v| destroyed.contains(v))
+                .map(|v| format!("{n} under KEK v{v}"))
+        })
+        .collect();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing --accept-rollback: this disk's state has live blobs sealed under a destroyed KEK version ({}); adopted, those records could never be opened again. Restore a copy made after the KEK rotation, or start without --accept-rollback to catch up from the fleet",
+        lost.join(", ")
+    )
+}
+
 /// Decides what node `me` does at start (pure: the HSM and the disk are
 /// read and written around it). `disk` is read after the log was cut back
 /// to the checkpoint's last log id.

@@ -272,3 +272,16 @@ fn accept_rollback_ends_a_loss() {
     assert!(!d.recorded.lost && !d.wipe);
     assert_eq!(d.recorded.resets, 2);
 }
+
+#[test]
+fn a_rollback_onto_records_under_a_destroyed_kek_is_refused() {
+    use crate::checkpoint::refuse_rollback_past_destroyed_keks as refuse;
+    use std::collections::{BTreeMap, BTreeSet};
+    let state = BTreeMap::from([(Some(1), 7), (Some(2), 3), (None, 2)]);
+    let err = refuse(&state, &BTreeSet::from([1]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("7 under KEK v1"), "{err}");
+    assert!(refuse(&state, &BTreeSet::new()).is_ok());
+    assert!(refuse(&state, &BTreeSet::from([3])).is_ok());
+}

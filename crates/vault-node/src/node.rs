@@ -117,7 +117,9 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         let me = me.clone();
         tokio::task::spawn_blocking(move || open_hsm(&me)).await??
     };
-    let hsm = AsyncHsm::new(Arc::new(hsm));
+    let hsm = Arc::new(hsm);
+    let raw_hsm = hsm.clone();
+    let hsm = AsyncHsm::new(hsm);
     let identity = TlsIdentity {
         cert: me.tls.cert.clone(),
         key: KeySource::Signer(tls_key.rustls()),
@@ -168,6 +170,12 @@ pub async fn run(fleet: Fleet, node_id: u64, options: Options) -> anyhow::Result
         },
     };
     let decision = decide(found, &disk, options.accept_rollback, node_id)?;
+    if options.accept_rollback && !decision.wipe {
+        let destroyed =
+            tokio::task::spawn_blocking(move || raw_hsm.destroyed_kek_versions()).await??;
+        let in_state = reader.with_state(|s| s.blobs_by_kek_version());
+        crate::checkpoint::refuse_rollback_past_destroyed_keks(&in_state, &destroyed)?;
+    }
     if decision.wipe {
         drop((log, sm));
         let aside = move_aside(&me.data_dir)?;

@@ -22,6 +22,7 @@ use crate::secret::SecretBytes;
 pub(crate) mod keys;
 pub(crate) mod pool;
 pub(crate) mod token;
+pub(crate) mod transport;
 
 use keys::{ATTESTATION_LABEL, find_keks, find_one};
 use pool::SessionPool;
@@ -98,6 +99,11 @@ impl Pkcs11Hsm {
     /// Every KEK version this HSM holds.
     pub fn kek_versions(&self) -> Vec<KekVersion> {
         self.keks_now().keys().copied().collect()
+    }
+
+    /// The KEK versions this token records as destroyed.
+    pub fn destroyed_kek_versions(&self) -> Result<std::collections::BTreeSet<u32>, HsmError> {
+        self.with_session(|s| Ok(keys::destroyed_keks(s)?))
     }
 
     fn keks_now(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<KekVersion, ObjectHandle>> {
@@ -244,43 +250,51 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn destroy_kek(&self, version: KekVersion) -> Result<(), HsmError> {
-        let found = self.with_session(|s| Ok(find_keks(s)?))?;
-        if !found.contains_key(&version) {
-            return Err(HsmError::UnknownKekVersion(version.0));
-        }
-        if found.len() < 2 {
-            return Err(HsmError::Device(DeviceError::local(
-                "destroy a KEK",
-                format!("KEK v{} is the only one on this token", version.0),
-            )));
-        }
-        // Forget it first: no seal or unseal starts with it from now on.
-        let mut remaining = found;
-        remaining.remove(&version);
-        *self.keks.write().unwrap_or_else(|p| p.into_inner()) = remaining;
         // The pool's sessions are read-only; destroying takes a read-write
         // one (logged in already: PKCS#11 login state is per application).
         let session = self.token.session(true).map_err(HsmError::Device)?;
         self.token
             .login_user(&session, &self.pin)
             .map_err(|e| HsmError::Device(DeviceError::local("log in", e.to_string())))?;
-        // Recorded first: a crash after it leaves a version this token
-        // will never use or take back, which is what was asked.
-        keys::record_destroyed_kek(&session, version)?;
-        for handle in keys::kek_objects(&session, version)? {
-            session
-                .destroy_object(handle)
-                .map_err(device("destroy KEK"))?;
+        let found = find_keks(&session)?;
+        let destroyed = keys::destroyed_keks(&session)?;
+        if found.contains_key(&version) {
+            if found.len() < 2 {
+                return Err(HsmError::Device(DeviceError::local(
+                    "destroy a KEK",
+                    format!("KEK v{} is the only one on this token", version.0),
+                )));
+            }
+            // Forget it first: no seal or unseal starts with it from now on.
+            let mut remaining = found;
+            remaining.remove(&version);
+            *self.keks.write().unwrap_or_else(|p| p.into_inner()) = remaining;
+            // Recorded first: a crash after it leaves a version this token
+            // will never use or take back, which is what was asked.
+            keys::record_destroyed_kek(&session, version)?;
+            for handle in keys::kek_objects(&session, version)? {
+                session
+                    .destroy_object(handle)
+                    .map_err(device("destroy KEK"))?;
+            }
+            if !keys::kek_objects(&session, version)?.is_empty() {
+                return Err(HsmError::Device(DeviceError::local(
+                    "destroy a KEK",
+                    format!(
+                        "KEK v{} is still on the token after C_DestroyObject",
+                        version.0
+                    ),
+                )));
+            }
+        } else if !destroyed.contains(&version.0) {
+            return Err(HsmError::UnknownKekVersion(version.0));
         }
-        if !keys::kek_objects(&session, version)?.is_empty() {
-            return Err(HsmError::Device(DeviceError::local(
-                "destroy a KEK",
-                format!(
-                    "KEK v{} is still on the token after C_DestroyObject",
-                    version.0
-                ),
-            )));
-        }
+        // A ceremony file kept from before carries this version wrapped
+        // under the transport key: replace the key, so that nothing wrapped
+        // under it opens here again (done again by a rerun, if a crash came
+        // first).
+        let newest = destroyed.last().copied().unwrap_or(0).max(version.0);
+        transport::bring_up_to(&session, newest)?;
         Ok(())
     }
 
