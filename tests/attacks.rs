@@ -108,6 +108,10 @@ fn main() -> ExitCode {
             idle_connections_are_closed_and_capped,
         ),
         (
+            "handshake_floods_from_one_address_are_rate_limited",
+            handshake_floods_from_one_address_are_rate_limited,
+        ),
+        (
             "unknown_methods_share_one_metrics_label",
             unknown_methods_share_one_metrics_label,
         ),
@@ -1521,6 +1525,38 @@ fn closed_within(mut stream: std::net::TcpStream, within: Duration) -> Option<Du
             Err(_) => return Some(t.elapsed()),
         }
     }
+}
+
+/// Measure: a network attacker cannot make a node's HSM sign without bound.
+/// Every TLS handshake costs the node an HSM signature before the caller
+/// shows a certificate; one source address opening connection after
+/// connection gets `handshakes_per_second` of them (here 5) and a burst of
+/// as many, and the rest are closed before any TLS work.
+fn handshake_floods_from_one_address_are_rate_limited(template: &Template) -> TestResult {
+    on_fleet_with(template, &["handshakes_per_second = 5"], |fleet, rt| {
+        rt.block_on(async {
+            // Let the fleet's own start-up connections age out of the bucket.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let t = std::time::Instant::now();
+            let mut shaken = 0u32;
+            for _ in 0..30 {
+                if fleet.frontend_channel(1).await.is_ok() {
+                    shaken += 1;
+                }
+            }
+            let allowed = 5.0 + 5.0 * t.elapsed().as_secs_f64() + 1.0;
+            ensure!(
+                f64::from(shaken) <= allowed,
+                "one address completed {shaken} of 30 TLS handshakes in {:?} (an HSM signature each); at most {allowed:.0} allowed",
+                t.elapsed()
+            );
+            // A second later it is served again.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let mut c = fleet.frontend(1).await?;
+            status(&mut c, &user("nobody")).await?;
+            Ok(())
+        })
+    })
 }
 
 /// Measure: a frontend's connections cannot hold a node. A TCP connection

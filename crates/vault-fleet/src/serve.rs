@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +44,8 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// A handshake not done by then is dropped.
     pub handshake_timeout: Duration,
+    /// Handshakes one source address may start per second (and at once).
+    pub handshakes_per_second: u32,
 }
 
 impl ConnLimits {
@@ -54,9 +56,29 @@ impl ConnLimits {
     }
 }
 
-/// Handshakes in flight by source address; a place is held by a guard.
+/// Per source address: handshakes in flight, and a token bucket of
+/// handshakes it may start (refilled at the port's rate, holding at most one
+/// second's worth). A place is held by a guard.
 #[derive(Default)]
-struct InHandshake(std::sync::Mutex<HashMap<IpAddr, usize>>);
+struct InHandshake(std::sync::Mutex<HashMap<IpAddr, Address>>);
+
+struct Address {
+    in_flight: usize,
+    tokens: f64,
+    at: Instant,
+}
+
+/// Addresses remembered before idle ones with full buckets are forgotten.
+const REMEMBERED_ADDRESSES: usize = 4096;
+
+/// Why a connection is refused before its handshake.
+#[derive(Debug, PartialEq, Eq)]
+enum Busy {
+    /// `HANDSHAKES_PER_ADDRESS` handshakes from the address are in flight.
+    InFlight,
+    /// The address started its second's worth of handshakes already.
+    Rate,
+}
 
 struct HandshakePlace {
     table: Arc<InHandshake>,
@@ -64,17 +86,39 @@ struct HandshakePlace {
 }
 
 impl InHandshake {
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakePlace> {
+    fn enter(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        rate: u32,
+        now: Instant,
+    ) -> Result<HandshakePlace, Busy> {
         let mut t = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = t.entry(ip).or_default();
-        if *n >= HANDSHAKES_PER_ADDRESS {
-            return None;
+        let rate = f64::from(rate);
+        let refilled = |a: &Address| {
+            (a.tokens + now.saturating_duration_since(a.at).as_secs_f64() * rate).min(rate)
+        };
+        if t.len() >= REMEMBERED_ADDRESSES && !t.contains_key(&ip) {
+            t.retain(|_, a| a.in_flight > 0 || refilled(a) < rate);
         }
-        *n += 1;
-        Some(HandshakePlace {
+        let a = t.entry(ip).or_insert(Address {
+            in_flight: 0,
+            tokens: rate,
+            at: now,
+        });
+        a.tokens = refilled(a);
+        a.at = now;
+        if a.in_flight >= HANDSHAKES_PER_ADDRESS {
+            return Err(Busy::InFlight);
+        }
+        if a.tokens < 1.0 {
+            return Err(Busy::Rate);
+        }
+        a.tokens -= 1.0;
+        a.in_flight += 1;
+        Ok(HandshakePlace {
             table: self.clone(),
             ip,
         })
@@ -88,11 +132,8 @@ impl Drop for HandshakePlace {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
+        if let Some(a) = t.get_mut(&self.ip) {
+            a.in_flight = a.in_flight.saturating_sub(1);
         }
     }
 }
@@ -102,6 +143,7 @@ impl From<&Limits> for ConnLimits {
         ConnLimits {
             max_connections: l.max_connections,
             handshake_timeout: l.handshake_timeout,
+            handshakes_per_second: l.handshakes_per_second,
         }
     }
 }
@@ -204,11 +246,11 @@ pub fn incoming(
                 drop(stream);
                 continue;
             };
-            let (Ok(shaking), Some(from_here)) = (
-                handshakes.clone().try_acquire_owned(),
-                by_address.enter(from.ip()),
-            ) else {
-                tracing::debug!(from = %from.ip(), "connection refused: too many handshakes in flight");
+            let from_here =
+                by_address.enter(from.ip(), limits.handshakes_per_second, Instant::now());
+            let (Ok(shaking), Ok(from_here)) = (handshakes.clone().try_acquire_owned(), from_here)
+            else {
+                tracing::debug!(from = %from.ip(), "connection refused: too many handshakes in flight, or started this second");
                 drop(stream);
                 continue;
             };
@@ -245,22 +287,71 @@ mod tests {
     #[test]
     fn one_address_holds_a_bounded_number_of_handshakes() {
         let t = Arc::new(InHandshake::default());
+        let now = Instant::now();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let held: Vec<_> = (0..HANDSHAKES_PER_ADDRESS)
-            .map(|_| t.enter(a).expect("a place"))
+            .map(|_| t.enter(a, 1000, now).expect("a place"))
             .collect();
-        assert!(t.enter(a).is_none(), "one address past its cap");
-        assert!(t.enter(b).is_some(), "another address is not affected");
+        assert_eq!(t.enter(a, 1000, now).err(), Some(Busy::InFlight));
+        assert!(
+            t.enter(b, 1000, now).is_ok(),
+            "another address is not affected"
+        );
         drop(held);
-        assert!(t.enter(a).is_some(), "places come back");
+        assert!(t.enter(a, 1000, now).is_ok(), "places come back");
         assert_eq!(
             ConnLimits {
                 max_connections: 1024,
-                handshake_timeout: Duration::from_secs(5)
+                handshake_timeout: Duration::from_secs(5),
+                handshakes_per_second: 50,
             }
             .max_handshakes(),
             256
         );
+    }
+
+    #[test]
+    fn one_address_starts_a_bounded_number_of_handshakes_per_second() {
+        let t = Arc::new(InHandshake::default());
+        let now = Instant::now();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        // A burst of one second's worth, each finished at once.
+        for _ in 0..10 {
+            drop(t.enter(a, 10, now).expect("within the burst"));
+        }
+        assert_eq!(t.enter(a, 10, now).err(), Some(Busy::Rate));
+        assert!(
+            t.enter(b, 10, now).is_ok(),
+            "another address is not affected"
+        );
+        // A tenth of a second later, one more; a second later, a burst again.
+        let later = now + Duration::from_millis(100);
+        assert!(t.enter(a, 10, later).is_ok());
+        assert_eq!(t.enter(a, 10, later).err(), Some(Busy::Rate));
+        let much_later = now + Duration::from_secs(5);
+        for _ in 0..10 {
+            drop(t.enter(a, 10, much_later).expect("refilled"));
+        }
+        assert_eq!(t.enter(a, 10, much_later).err(), Some(Busy::Rate));
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten_but_not_a_throttled_one() {
+        let t = Arc::new(InHandshake::default());
+        let now = Instant::now();
+        let busy: IpAddr = "10.0.0.1".parse().unwrap();
+        while t.enter(busy, 5, now).is_ok() {}
+        for i in 0..REMEMBERED_ADDRESSES as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            drop(t.enter(ip, 5, now - Duration::from_secs(2)));
+        }
+        // Past the table's size: the idle, refilled ones go; the throttled
+        // address is still throttled.
+        let new: IpAddr = "12.0.0.1".parse().unwrap();
+        assert!(t.enter(new, 5, now).is_ok());
+        assert_eq!(t.enter(busy, 5, now).err(), Some(Busy::Rate));
+        assert!(t.0.lock().unwrap().len() < 10);
     }
 }
