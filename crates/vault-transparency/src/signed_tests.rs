@@ -181,3 +181,74 @@ fn window_fleet_and_epoch_are_enforced() {
     pins.verify(&s1, "local-3", NOW, 1)
         .expect("same epoch again");
 }
+
+/// ℓ, the order of the Ed25519 base point, little-endian.
+const ELL: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// `a + b` as 256-bit little-endian integers (no overflow here: S < ℓ <
+/// 2^253).
+fn add_le(a: &[u8], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let s = u16::from(a[i]) + u16::from(b[i]) + carry;
+        out[i] = s as u8;
+        carry = s >> 8;
+    }
+    assert_eq!(carry, 0);
+    out
+}
+
+/// PROTOCOL.md §11.2, check 1: a signature whose S is not reduced (S + ℓ
+/// satisfies the same equation) is refused.
+#[test]
+fn a_non_canonical_s_is_refused() {
+    let f = Fixture::new();
+    let pins = f.pins();
+    let message = b"bundle bytes";
+    let sig = f.witness.sign(message).to_bytes();
+    assert!(pins.verify_witness(message, &sig).is_ok());
+    let mut malleated = sig;
+    malleated[32..].copy_from_slice(&add_le(&sig[32..], &ELL));
+    assert_ne!(malleated, sig);
+    assert_eq!(
+        pins.verify_witness(message, &malleated).err(),
+        Some(BundleError::WitnessSignature)
+    );
+}
+
+/// Check 3: a small-order witness key (here the identity, encoded
+/// `01 00 … 00`) would let `R = identity, S = 0` pass for every message
+/// under a verifier without the check; it is refused, at pinning or at
+/// every signature.
+#[test]
+fn a_small_order_key_or_r_is_refused() {
+    let f = Fixture::new();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = [0u8; 64];
+    forged[..32].copy_from_slice(&identity);
+    let operator = f.operator.verifying_key().to_encoded_point(false);
+    // The forgery is real for a lax verifier: [0]B = identity + [k]identity.
+    let weak = EdKey::from_bytes(&identity).expect("the identity decodes");
+    assert!(
+        weak.verify(b"any message", &EdSignature::from_bytes(&forged))
+            .is_ok(),
+        "the forgery is not valid even for a lax verifier: the test proves nothing"
+    );
+    match Pins::new(&identity, operator.as_bytes()) {
+        Err(_) => {}
+        Ok(pins) => assert_eq!(
+            pins.verify_witness(b"any message", &forged).err(),
+            Some(BundleError::WitnessSignature)
+        ),
+    }
+    // A small-order R with the real key is refused too.
+    let pins = f.pins();
+    let mut small_r = f.witness.sign(b"m").to_bytes();
+    small_r[..32].copy_from_slice(&identity);
+    assert!(pins.verify_witness(b"m", &small_r).is_err());
+}
