@@ -19,4 +19,5 @@ pub mod http;
 pub mod lost;
 pub mod metrics;
 pub mod node;
+mod startup;
 pub mod transparency;
