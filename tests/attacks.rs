@@ -76,6 +76,10 @@ fn main() -> ExitCode {
             a_ke3_for_another_users_session_changes_nothing,
         ),
         (
+            "wrong_ke3s_count_and_the_last_one_locks",
+            wrong_ke3s_count_and_the_last_one_locks,
+        ),
+        (
             "malformed_frontend_calls_are_invalid_arguments_with_a_detail",
             malformed_frontend_calls_are_invalid_arguments_with_a_detail,
         ),
@@ -1179,6 +1183,55 @@ fn a_ke3_for_another_users_session_changes_nothing(template: &Template) -> TestR
             ensure!(
                 s.attempts_left == 3,
                 "Alice's counter after the crossed KE3: {s:?}"
+            );
+            Ok(())
+        })
+    })
+}
+
+/// Measure: password guesses testable ≤ attempts committed. A wrong KE3
+/// that is not the last attempt commits nothing (its attempt was counted
+/// when `BeginAttempt` committed, before KE2 left); the count must still
+/// fall with each guess, and the last wrong KE3 must lock the record.
+fn wrong_ke3s_count_and_the_last_one_locks(template: &Template) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let carol = user("carol");
+            app.register(&mut c, &carol, b"right", 3).await?;
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let (_, ke1) = Login::start(&mut OsRng, b"a guess")?;
+                let s = recover_start(&mut c, &carol, &ke1, &new_id()).await?;
+                let finished = c
+                    .recover_finish(RecoverFinishRequest {
+                        session_id: s.session_id,
+                        ke3: vec![7; 64],
+                    })
+                    .await;
+                let answer = match finished {
+                    Ok(_) => "recovered".to_owned(),
+                    Err(e) => format!("{:?}", kind(&e)),
+                };
+                let st = status(&mut c, &carol).await?;
+                seen.push((answer, st.state, st.attempts_left));
+            }
+            let expected = vec![
+                ("WrongPassword".to_owned(), State::Active as i32, 2),
+                ("WrongPassword".to_owned(), State::Active as i32, 1),
+                ("Locked".to_owned(), State::Locked as i32, 0),
+            ];
+            ensure!(
+                seen == expected,
+                "wrong KE3s: {seen:?}, expected {expected:?}"
+            );
+            let (_, ke1) = Login::start(&mut OsRng, b"right")?;
+            ensure!(
+                recover_start(&mut c, &carol, &ke1, &new_id())
+                    .await
+                    .is_err(),
+                "a locked record answered a KE2"
             );
             Ok(())
         })

@@ -82,9 +82,9 @@ struct Args {
     /// built (`cargo build --workspace --all-targets`).
     #[arg(long, value_name = "local-N")]
     spawn: Option<String>,
-    /// For `delete`: users registered per worker before the clock starts
-    /// (a worker stops when its pool is used up). With `--ops`, enough
-    /// for that many operations.
+    /// For `delete` and `recover-wrong`: users registered per worker
+    /// before the clock starts (a worker stops when its pool is used up).
+    /// With `--ops`, enough for that many operations.
     #[arg(long, default_value_t = 200)]
     pool: usize,
 }
@@ -95,9 +95,16 @@ enum Workload {
     Register,
     /// Full recovery with the right password (RecoverStart + RecoverFinish).
     Recover,
-    /// Recovery with a wrong password (RecoverStart; the attempt is spent).
-    /// Users get the fleet's cap and are re-registered when it runs out.
+    /// Recovery with a wrong password (RecoverStart; the attempt is spent),
+    /// each guess on a user of its own from the worker's pool (registered
+    /// before the clock, like `delete`'s): it measures the fleet, not the
+    /// per-user cap on logins in progress.
     RecoverWrong,
+    /// Wrong guesses all on the worker's one user (re-registered when its
+    /// budget runs out): shows the per-user cap on logins in progress
+    /// (`sessions_per_user` on each node, each held for `session_ttl_s`
+    /// since the client stops at KE2) holding.
+    RecoverWrongOneUser,
     /// Status reads (linearizable).
     Status,
     /// Delete a user (each worker deletes its pool of users registered
@@ -109,6 +116,23 @@ enum Workload {
     /// registered: fills a fleet with real sealed records (for a KEK
     /// rotation's rate, say).
     RegisterNew,
+}
+
+impl Workload {
+    /// Whether workers get a pool of registered users (`mixed`: for its
+    /// wrong guesses, which fall back to the worker's own user once it
+    /// runs out).
+    fn uses_pools(self) -> bool {
+        matches!(
+            self,
+            Workload::Delete | Workload::RecoverWrong | Workload::Mixed
+        )
+    }
+
+    /// Whether a worker stops when its pool is used up.
+    fn ends_with_pool(self) -> bool {
+        matches!(self, Workload::Delete | Workload::RecoverWrong)
+    }
 }
 
 const PASSWORD: &[u8] = b"bench password";
@@ -211,9 +235,9 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
         ),
     )?;
     let cpu = cpu_seconds() - cpu0;
-    if args.workload == Workload::Delete && driven.wall + 0.5 < args.duration as f64 {
+    if args.workload.ends_with_pool() && driven.wall + 0.5 < args.duration as f64 {
         eprintln!(
-            "the delete pools ran out after {:.1} s (--pool {per_worker}); throughput is over that time",
+            "the pools ran out after {:.1} s (--pool {per_worker}); throughput is over that time",
             driven.wall
         );
     }
@@ -240,7 +264,8 @@ fn run(args: &Args, hsm_dir: Option<&SoftHsmDir>) -> anyhow::Result<()> {
 }
 
 /// One user per worker (registered first, except for `register`), and for
-/// `delete` a pool of registered users per worker; and the pool size.
+/// `delete` and `recover-wrong` a pool of registered users per worker; and
+/// the pool size.
 fn prepare(
     args: &Args,
     rt: &tokio::runtime::Runtime,
@@ -257,7 +282,12 @@ fn prepare(
         Some(ops) => ops.div_ceil(args.concurrency as u64) as usize,
         None => args.pool,
     };
-    let pools: Vec<Vec<UserId>> = if args.workload == Workload::Delete {
+    // One operation in 11 of `mixed` is a wrong guess.
+    let per_worker = match args.workload {
+        Workload::Mixed => per_worker.div_ceil(4),
+        _ => per_worker,
+    };
+    let pools: Vec<Vec<UserId>> = if args.workload.uses_pools() {
         eprintln!(
             "registering {per_worker} users for each of {} workers…",
             users.len()

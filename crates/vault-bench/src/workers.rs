@@ -120,7 +120,16 @@ impl Worker {
                 client.register(&new, PASSWORD, cap).await.map(drop)
             }
             Workload::Recover => client.recover(user, PASSWORD).await.map(drop),
-            Workload::RecoverWrong => {
+            Workload::RecoverWrong if !self.pool.is_empty() => {
+                let u = self.pool.pop().unwrap_or_else(|| user.clone());
+                match client.recover(&u, b"wrong").await {
+                    Err(ClientError::WrongPassword { .. }) => Ok(()),
+                    Ok(_) => Err(ClientError::Other("a wrong password recovered".into())),
+                    Err(e) => Err(e),
+                }
+            }
+            // `mixed` past its pool guesses on the worker's own user.
+            Workload::RecoverWrong | Workload::RecoverWrongOneUser => {
                 if self.wrong_left <= 1 {
                     // Keep the record alive: a success resets the count.
                     let _ = client.recover(user, PASSWORD).await;
@@ -144,7 +153,7 @@ impl Worker {
 
     async fn run(mut self, shared: Arc<Shared>, workload: Workload) {
         while !shared.stop.load(Ordering::Relaxed) {
-            if workload == Workload::Delete && self.pool.is_empty() {
+            if workload.ends_with_pool() && self.pool.is_empty() {
                 break;
             }
             let op = self.next(workload);

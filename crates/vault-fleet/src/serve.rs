@@ -85,6 +85,20 @@ struct HandshakePlace {
     ip: IpAddr,
 }
 
+/// The source a connection counts against: its IPv4 address, or its IPv6
+/// /64 (one host commonly holds a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 impl InHandshake {
     fn enter(
         self: &Arc<Self>,
@@ -92,6 +106,7 @@ impl InHandshake {
         rate: u32,
         now: Instant,
     ) -> Result<HandshakePlace, Busy> {
+        let ip = source(ip);
         let mut t = self
             .0
             .lock()
@@ -335,6 +350,22 @@ mod tests {
             drop(t.enter(a, 10, much_later).expect("refilled"));
         }
         assert_eq!(t.enter(a, 10, much_later).err(), Some(Busy::Rate));
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let t = Arc::new(InHandshake::default());
+        let now = Instant::now();
+        for i in 0..5u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            drop(t.enter(ip, 5, now).expect("within the burst"));
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert_eq!(t.enter(same_64, 5, now).err(), Some(Busy::Rate));
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(t.enter(other_64, 5, now).is_ok());
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub trait Hsm: Send + Sync + 'static {
     /// Destroys KEK `version` on the token for good (crypto-shredding
     /// every blob sealed under it), and replaces the token's transport key
     /// so that no ceremony file made before opens here again. Refused when
-    /// it is the only one left. A version destroyed before is no error: the
-    /// transport key is still checked (a crash may have come between).
+    /// it is the only one left. A version destroyed before, or never held
+    /// here, is no error: it is recorded as destroyed, and the transport
+    /// key is still checked (a crash may have come between).
     fn destroy_kek(&self, version: KekVersion) -> Result<(), HsmError>;
 
     /// Signs `message` (ECDSA P-256 with SHA-256) with this node's

@@ -720,11 +720,9 @@ impl Admin for AdminService {
         }
         let held = self.hsm.refresh_keks().await.map_err(hsm_unavailable)?;
         match self.hsm.destroy_kek(KekVersion(v)).await {
-            // Never held here (this node joined after it): nothing to do.
-            Err(vault_hsm::HsmError::UnknownKekVersion(_)) => {}
             Err(e) => return Err(Status::failed_precondition(format!("HSM: {e}"))),
-            // Destroyed before (a rerun after another node refused): the
-            // call only made sure the transport key was replaced too.
+            // Destroyed before (a rerun after another node refused), or
+            // never held here: recorded, and the transport key replaced.
             Ok(()) if !held.contains(&KekVersion(v)) => {}
             Ok(()) => tracing::warn!(
                 version = v,

@@ -398,12 +398,16 @@ impl Frontend for FrontendService {
         // the compare-and-set would fail. The payload is refused as stale
         // before its OPRF evaluation is checked (its nonce may be the live
         // record's), and before the HSM and the log do any work.
+        // A linearizable read: a node that has not applied the live
+        // registration yet would otherwise check the evaluation first.
         let newest = match first {
             Some(_) => Generation(0),
-            None => self
-                .reader
-                .with_state(|s| s.user(&user).map(|u| u.generation))
-                .unwrap_or(Generation(0)),
+            None => {
+                self.proposer.read_barrier().await.map_err(propose_failed)?;
+                self.reader
+                    .with_state(|s| s.user(&user).map(|u| u.generation))
+                    .unwrap_or(Generation(0))
+            }
         };
         let opened = match secrets.register_finish(&user, &r.sealed_registration, newest) {
             Ok(opened) => opened,
@@ -544,6 +548,27 @@ impl Frontend for FrontendService {
         let generation = session.generation;
         let outcome = session.state.finish(&mut OsRng, &r.ke3, &session.enc_k);
         let success = outcome.is_ok();
+        if !success && session.attempts_left > 0 {
+            // A wrong password that was not the last attempt: its
+            // BeginAttempt was committed before KE2 left, and finishing it
+            // would change nothing the state keeps, so nothing is
+            // committed (docs/PROTOCOL.md §5). Attempts left: as granted, or
+            // fewer if this node has applied other attempts since.
+            let left = match self.reader.status(&user) {
+                UserStatus::Active {
+                    generation: now,
+                    attempts_left,
+                    ..
+                } if now == generation => attempts_left.min(session.attempts_left),
+                _ => session.attempts_left,
+            };
+            tracing::info!(
+                generation = generation.0,
+                attempts_left = left,
+                "wrong password"
+            );
+            return Err(wrong_password(left));
+        }
         // The outcome is committed before anything is answered; the id is
         // fresh because this session finishes at most once.
         let mut fid = [0u8; 16];

@@ -117,6 +117,29 @@ pub(crate) async fn reconcile(
             "the log is behind the HSM checkpoint: kept only what the state has applied; the rest comes from the leader"
         );
     }
+    // Entries the checkpoint's log hash does not cover (at or below its
+    // base), and on a node behind its checkpoint every entry its state
+    // applied, are unchecked: an edited disk could keep forged ones there
+    // for this node to send to others. The applied state covers them.
+    if !decision.wipe {
+        let upto = match decision.cut_after {
+            Some(keep) => keep,
+            None => disk.chain_base.max(disk.purged),
+        };
+        if let Some(upto) = upto {
+            let dropped = log
+                .drop_through(upto)
+                .await
+                .context("drop log entries the HSM checkpoint does not cover")?;
+            if dropped > 0 {
+                tracing::warn!(
+                    entries = dropped,
+                    through = upto.index,
+                    "dropped log entries the HSM checkpoint's log hash does not cover"
+                );
+            }
+        }
+    }
     let checkpoint = {
         let (recorded, write) = (decision.recorded.clone(), decision.write);
         tokio::task::spawn_blocking(move || HsmCheckpoint::open(checkpoint_store, recorded, write))

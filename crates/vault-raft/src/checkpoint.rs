@@ -161,16 +161,23 @@ pub fn vote_at_least(a: &Vote<u64>, b: &Vote<u64>) -> bool {
 /// `step_down` (the disk is behind, or was just accepted), never this
 /// node's own committed vote, from which openraft would resume leading at
 /// start without an election, with a log shorter than its followers'.
+/// A disk vote at a term of [`crate::peer::MAX_TERM`] or more (an edited
+/// disk adopted with `--accept-rollback`) is never taken: the node's next
+/// election would overflow the term.
 pub fn vote_to_restore(
     recorded: Option<Vote<u64>>,
     stored: Option<Vote<u64>>,
     me: u64,
     step_down: bool,
 ) -> Option<Vote<u64>> {
-    let best = match (recorded, stored) {
+    let bounded = stored.filter(|s| s.leader_id().term < crate::peer::MAX_TERM);
+    let best = match (recorded, bounded) {
         (Some(r), Some(s)) if vote_at_least(&s, &r) => s,
         (Some(r), _) => r,
-        (None, s) => s?,
+        (None, Some(s)) => s,
+        // Only an unbounded vote on disk: replaced by a fresh one.
+        (None, None) if stored.is_some() => Vote::new(0, me),
+        (None, None) => return None,
     };
     let best = if step_down && best.is_committed() && best.leader_id().voted_for() == Some(me) {
         Vote::new(best.leader_id().term, me)
@@ -401,6 +408,17 @@ mod tests {
         assert_eq!(
             vote_to_restore(Some(Vote::new(3, 1)), Some(committed(4, 1)), 2, false),
             None
+        );
+        // But never with a term past the bound (an edited disk adopted
+        // with --accept-rollback): the next election would overflow.
+        let huge = committed(u64::MAX, 1);
+        assert_eq!(
+            vote_to_restore(Some(committed(4, 1)), Some(huge), 2, true),
+            Some(committed(4, 1))
+        );
+        assert_eq!(
+            vote_to_restore(None, Some(huge), 2, true),
+            Some(Vote::new(0, 2))
         );
     }
 

@@ -169,6 +169,52 @@ impl LogStore {
             .await
     }
 
+    /// At start, before Raft runs: deletes every entry at or below `upto`
+    /// (those the log's running hash does not cover, at or below its base;
+    /// or, on a node behind its checkpoint, every entry its state applied:
+    /// nothing checks them). The applied state covers them, and none of
+    /// them may ever be sent to another node. The purge marker goes up to
+    /// `upto` (never down) and the hash's base with it. Returns how many
+    /// entries went.
+    pub async fn drop_through(&self, upto: LogId<u64>) -> Result<u64, StoreError> {
+        let writer = self.writer.clone();
+        self.writer
+            .after_writes(move |db| {
+                let mut batch = WriteBatch::default();
+                let (base, _) = chain::base(db)?;
+                if base.is_none_or(|b| b.index < upto.index) {
+                    // The hash there, from the entries (a gap: restarted
+                    // at zero; what follows chains from it all the same).
+                    let point = match chain::walk(db, Some(upto.index)) {
+                        Ok(p) if p.0 == Some(upto) => p,
+                        _ => (Some(upto), [0; 32]),
+                    };
+                    chain::put_base(db, &mut batch, &point);
+                }
+                let purged: Option<LogId<u64>> =
+                    db.get(CF_META, "last purged log id", KEY_LAST_PURGED)?;
+                if purged.is_none_or(|p| p.index < upto.index) {
+                    batch.put_cf(db.cf(CF_META), KEY_LAST_PURGED, encode_framed(&upto));
+                }
+                // By key, not by what the value claims: a planted value
+                // may name any log id.
+                let mut dropped = 0u64;
+                let end = index_key(upto.index.saturating_add(1));
+                for item in db.rocks.iterator_cf(db.cf(CF_LOGS), IteratorMode::Start) {
+                    let (key, _) = item.map_err(StoreError::rocks("read log entries"))?;
+                    if *key >= end[..] {
+                        break;
+                    }
+                    batch.delete_cf(db.cf(CF_LOGS), key);
+                    dropped += 1;
+                }
+                db.write(batch, true)?;
+                *writer.tail.lock().unwrap_or_else(|p| p.into_inner()) = chain::walk(db, None)?;
+                Ok(dropped)
+            })
+            .await
+    }
+
     async fn get_meta<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         what: &'static str,

@@ -263,3 +263,67 @@ fn an_unknown_format_marker_is_refused() {
     assert!(err.to_string().contains("storage v99"), "{err}");
     assert!(err.to_string().contains("this build reads"), "{err}");
 }
+
+/// Issue 25's review: entries at or below the log's running-hash base are
+/// not covered by the hash the HSM checkpoint records. A disk editor who
+/// puts forged ones back there and removes the purge marker would have the
+/// node serve them to followers. At start the node drops them
+/// (`drop_through`), and the hash over what stays is unchanged.
+#[tokio::test]
+async fn entries_below_the_hash_base_are_dropped_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let honest = {
+        let (mut log, _sm) = vault_storage::open(dir.path()).expect("open");
+        log.blocking_append((1..=10).map(|i| entry(i, workload(i))))
+            .await
+            .expect("append");
+        log.purge(common::log_id(1, 5)).await.expect("purge");
+        assert_eq!(
+            log.chain_base().await.expect("base"),
+            Some(common::log_id(1, 5))
+        );
+        log.recomputed_hash().await.expect("hash")
+    };
+    {
+        // The edit: entries 2..=5 back, with other contents, and no purge
+        // marker.
+        let db = raw_db(dir.path());
+        let logs = db.cf_handle("logs").expect("cf");
+        let (_, sm_bytes) = {
+            let key = 7u64.to_be_bytes();
+            (key, db.get_cf(logs, key).expect("get").expect("entry 7"))
+        };
+        for i in 2..=5u64 {
+            db.put_cf(logs, i.to_be_bytes(), &sm_bytes).expect("put");
+        }
+        let meta = db.cf_handle("meta").expect("cf");
+        db.delete_cf(meta, b"last_purged").expect("delete");
+    }
+    let (mut log, _sm) = vault_storage::open(dir.path()).expect("reopen");
+    // The hash from the base does not see the planted entries...
+    assert_eq!(log.recomputed_hash().await.expect("hash"), honest);
+    let base = log.chain_base().await.expect("base").expect("a base");
+    let purged = log.last_purged().await.expect("purged");
+    // ...so start-up drops everything at or below it.
+    let dropped = log
+        .drop_through(base.max(purged.unwrap_or(base)))
+        .await
+        .expect("drop");
+    assert!(dropped >= 1, "nothing dropped");
+    assert!(
+        log.try_get_log_entries(0..=5)
+            .await
+            .expect("read")
+            .is_empty(),
+        "entries below the hash base are still served"
+    );
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_purged_log_id,
+        Some(base)
+    );
+    assert_eq!(log.recomputed_hash().await.expect("hash"), honest);
+    assert_eq!(
+        log.try_get_log_entries(6..=10).await.expect("read").len(),
+        5
+    );
+}

@@ -286,8 +286,11 @@ impl Hsm for Pkcs11Hsm {
                     ),
                 )));
             }
-        } else if !destroyed.contains(&version.0) {
-            return Err(HsmError::UnknownKekVersion(version.0));
+        } else {
+            // Never held here (a node that joined after it): recorded all
+            // the same, so a ceremony file made for this token that carries
+            // it is refused too.
+            keys::record_destroyed_kek(&session, version)?;
         }
         // A ceremony file kept from before carries this version wrapped
         // under the transport key: replace the key, so that nothing wrapped

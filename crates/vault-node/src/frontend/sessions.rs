@@ -44,6 +44,9 @@ pub struct Session {
     pub state: ServerLoginState,
     /// The user's `enc_K`, sent (sealed under the session key) on success.
     pub enc_k: Zeroizing<Vec<u8>>,
+    /// Attempts left after this one when it was granted (0: it was the
+    /// last).
+    pub attempts_left: u32,
     request: RequestId,
     expires: Instant,
 }
@@ -359,6 +362,7 @@ impl Reservation {
                 generation,
                 state,
                 enc_k,
+                attempts_left,
                 request: self.request,
                 expires,
             },
