@@ -294,16 +294,21 @@ fn prepare(
         );
         rt.block_on(workers::register_pools(client, &users, per_worker, cap))?
     } else {
-        if !matches!(args.workload, Workload::Register | Workload::RegisterNew) {
-            eprintln!("registering {} users…", users.len());
-            rt.block_on(async {
-                for u in &users {
-                    client.register(u, PASSWORD, cap).await?;
-                }
-                anyhow::Ok(())
-            })?;
-        }
         vec![Vec::new(); users.len()]
     };
+    // The workers' own users: every workload but those that register them
+    // or use only their pools.
+    if !matches!(
+        args.workload,
+        Workload::Register | Workload::RegisterNew | Workload::Delete | Workload::RecoverWrong
+    ) {
+        eprintln!("registering {} users…", users.len());
+        rt.block_on(async {
+            for u in &users {
+                client.register(u, PASSWORD, cap).await?;
+            }
+            anyhow::Ok(())
+        })?;
+    }
     Ok((users, pools, per_worker))
 }
