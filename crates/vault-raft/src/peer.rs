@@ -295,6 +295,17 @@ impl Peer for PeerService {
         req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
         self.gate.member_node(&req)?;
+        if req.get_ref().term_only {
+            let m = self.raft.metrics().borrow().clone();
+            return match m.current_leader {
+                Some(leader) if m.vote.is_committed() => Ok(Response::new(ReadIndexReply {
+                    read_index: 0,
+                    leader_id: leader,
+                    term: m.vote.leader_id().term,
+                })),
+                _ => Err(Status::unavailable("no leader known; retry")),
+            };
+        }
         match self.raft.ensure_linearizable().await {
             Ok(read) => {
                 // The term of the lead a quorum just confirmed: if the lead

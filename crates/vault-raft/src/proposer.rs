@@ -343,7 +343,7 @@ impl Proposer {
             .channels
             .client(leader, addr)
             .map_err(|e| e.to_string())?;
-        let mut req = tonic::Request::new(ReadIndexRequest {});
+        let mut req = tonic::Request::new(ReadIndexRequest { term_only: false });
         req.set_timeout(
             give_up
                 .saturating_duration_since(Instant::now())
