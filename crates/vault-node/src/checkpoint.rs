@@ -279,6 +279,31 @@ pub fn refuse_rollback_past_destroyed_keks(
     )
 }
 
+/// The last log entry that nothing checks, to be dropped at start with
+/// everything before it: on a node behind its checkpoint, its applied
+/// state; otherwise the running hash's base or the purge marker, whichever
+/// has the higher **index** (log ids order by term first, and the term
+/// stored with either is the disk's word).
+pub fn unchained_through(decision: &Decision, disk: &Disk) -> Option<LogId<u64>> {
+    match decision.cut_after {
+        Some(keep) => keep,
+        None => [disk.chain_base, disk.purged]
+            .into_iter()
+            .flatten()
+            .max_by_key(|l| l.index),
+    }
+}
+
+/// The disk's mark as `--accept-rollback` adopts it with no checkpoint to
+/// compare it with: its vote as it goes on disk ([`vote_to_restore`]:
+/// never one at a term of 2^62 or more, nor this node's own committed one).
+fn adopted(disk: &Disk, me: u64) -> Mark {
+    Mark {
+        vote: vote_to_restore(None, disk.vote, me, true).or(disk.vote),
+        ..disk.mark()
+    }
+}
+
 /// Decides what node `me` does at start (pure: the HSM and the disk are
 /// read and written around it). `disk` is read after the log was cut back
 /// to the checkpoint's last log id.
@@ -295,7 +320,7 @@ pub fn decide(
             );
             return Ok(Decision {
                 recorded: Recorded {
-                    mark: disk.mark(),
+                    mark: adopted(disk, me),
                     resets: 1,
                     lost: false,
                 },
@@ -319,7 +344,7 @@ pub fn decide(
         );
         return Ok(Decision {
             recorded: Recorded {
-                mark: disk.mark(),
+                mark: adopted(disk, me),
                 resets: recorded.resets.saturating_add(1),
                 lost: false,
             },

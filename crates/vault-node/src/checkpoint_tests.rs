@@ -285,3 +285,34 @@ fn a_rollback_onto_records_under_a_destroyed_kek_is_refused() {
     assert!(refuse(&state, &BTreeSet::new()).is_ok());
     assert!(refuse(&state, &BTreeSet::from([3])).is_ok());
 }
+
+/// Issue 25's second review: `--accept-rollback` with no checkpoint (or a
+/// lost one) recorded the disk's vote as it was, an unbounded one
+/// included, and the next start put it back on disk.
+#[test]
+fn an_adopted_disk_never_records_an_unbounded_vote() {
+    let mut disk = disk_like(&hsm());
+    disk.vote = Some(committed(u64::MAX, 2));
+    let d = decide(None, &disk, true, 1).unwrap();
+    assert_eq!(d.recorded.mark.vote, Some(Vote::new(0, 1)));
+    assert_eq!(d.vote, Some(Vote::new(0, 1)));
+    let lost_one = decide(None, &Disk::default(), false, 1).unwrap().recorded;
+    let d = decide(Some(lost_one), &disk, true, 1).unwrap();
+    assert_eq!(d.recorded.mark.vote, Some(Vote::new(0, 1)));
+}
+
+/// Issue 25's second review: the base was compared with the purge marker
+/// as log ids, which order by term first, so a base written with term 0
+/// at index 80 lost to a purge marker at (5, 10), and entries 11..=80,
+/// which the hash does not cover, stayed.
+#[test]
+fn the_unchecked_entries_are_found_by_index() {
+    let r = hsm();
+    let mut disk = disk_like(&r);
+    disk.chain_base = log(0, 80);
+    disk.purged = log(5, 10);
+    let d = decide(Some(r), &disk, false, 1).unwrap();
+    assert_eq!(d.standing, Standing::Current);
+    assert!(!d.wipe);
+    assert_eq!(unchained_through(&d, &disk).map(|l| l.index), Some(80));
+}

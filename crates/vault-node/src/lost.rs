@@ -3,8 +3,8 @@
 //! It remembers no vote, so a leader of a term the fleet has left (a
 //! partitioned old leader) could count its acknowledgements toward
 //! entries the fleet never committed. So before Raft starts, it asks the
-//! fleet's other voters for their views until a majority of the fleet's
-//! voters name one leader and term, has that leader confirm its lead with
+//! fleet's other nodes for their views until a majority of the fleet's
+//! nodes name one leader and term, has that leader confirm its lead with
 //! a read index (a quorum just confirmed it), and takes that term and vote
 //! as its own. No older leader can reach it after that. Then it
 //! runs Raft without voting or standing for election, and only once it
@@ -29,7 +29,7 @@ pub struct Learned {
 }
 
 /// Asks every other node of `fleet` for its view (the leader it follows,
-/// its term) until a majority of the fleet's voters agree on one leader
+/// its term) until a majority of the fleet file's nodes agree on one leader
 /// and term, then asks that leader to confirm it with a read index; tries
 /// again every second, logging each round, until `stop`. One node's word
 /// is never enough: a member identity answering first could otherwise
@@ -40,16 +40,13 @@ pub async fn learn_term(
     channels: &PeerChannels,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Learned> {
-    let voters = fleet.bootstrap_voters();
-    let quorum = voters.len() / 2 + 1;
+    // Over every node of the fleet file (any membership is a subset of
+    // them), not the bootstrap voters, which may be one node, or retired.
+    let quorum = fleet.nodes.len() / 2 + 1;
     let mut round = 0u32;
     loop {
         let mut views = Vec::new();
-        for (id, node) in fleet
-            .nodes
-            .iter()
-            .filter(|(id, _)| **id != me && voters.contains(id))
-        {
+        for (id, node) in fleet.nodes.iter().filter(|(id, _)| **id != me) {
             let reply = ask(channels, *id, &node.peer_addr.to_string(), true).await;
             views.push((*id, reply.map(|r| (r.leader_id, r.term))));
         }
@@ -128,7 +125,7 @@ mod tests {
             agreed(&[(4, liar), (2, honest), (3, Some((1, 6))), (5, None)], 3),
             None
         );
-        // A majority of the fleet's voters agree: yes.
+        // A majority of the fleet file's nodes agree: yes.
         assert_eq!(
             agreed(&[(4, liar), (1, honest), (2, honest), (3, honest)], 3),
             Some((1, 7))

@@ -122,10 +122,7 @@ pub(crate) async fn reconcile(
     // applied, are unchecked: an edited disk could keep forged ones there
     // for this node to send to others. The applied state covers them.
     if !decision.wipe {
-        let upto = match decision.cut_after {
-            Some(keep) => keep,
-            None => disk.chain_base.max(disk.purged),
-        };
+        let upto = crate::checkpoint::unchained_through(&decision, &disk);
         if let Some(upto) = upto {
             let dropped = log
                 .drop_through(upto)
