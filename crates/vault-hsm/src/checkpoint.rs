@@ -261,16 +261,21 @@ impl CheckpointStore {
                 Attribute::Label(OBJECT_LABEL.as_bytes().to_vec()),
                 Attribute::Value(value),
             ];
-            // SoftHSM's file store now and then answers CKR_GENERAL_ERROR
-            // to a token object's creation (seen under load in the gate):
-            // try twice more. A create that half succeeded leaves an object
-            // of the same sequence and value, which reads the same and goes
-            // with a later write.
+            // SoftHSM's file store now and then fails a token object's
+            // creation when it cannot save the object's file, answering
+            // CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT to a template
+            // that works every other time (both seen under load in the
+            // gate's chaos runs): try up to four times more. A create that
+            // half succeeded leaves an object of the same sequence and
+            // value, which reads the same and goes with a later write.
             let mut tries = 0;
             let created = loop {
                 match session.create_object(&template) {
                     Ok(h) => break h,
-                    Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 2 => {
+                    Err(CkError::Pkcs11(
+                        RvError::GeneralError | RvError::TemplateInconsistent,
+                        _,
+                    )) if tries < 4 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(5 * tries));
                     }
