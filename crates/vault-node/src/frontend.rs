@@ -87,6 +87,16 @@ pub struct FrontendService {
 }
 
 impl FrontendService {
+    /// The user's generation after a read barrier (a linearizable read; 0
+    /// for a user never registered).
+    async fn newest_generation(&self, user: &UserId) -> Result<Generation, Status> {
+        self.proposer.read_barrier().await.map_err(propose_failed)?;
+        Ok(self
+            .reader
+            .with_state(|s| s.user(user).map(|u| u.generation))
+            .unwrap_or(Generation(0)))
+    }
+
     /// The service, with the session limits of the fleet file.
     pub fn new(
         fleet: Arc<Fleet>,
@@ -346,11 +356,7 @@ impl Frontend for FrontendService {
         // The generation the app will seal: a linearizable read, so that a
         // registration right after a lockout, delete or registration sees
         // it (the compare-and-set would refuse a stale one anyway).
-        self.proposer.read_barrier().await.map_err(propose_failed)?;
-        let generation = self
-            .reader
-            .with_state(|s| s.user(&user).map(|u| u.generation))
-            .unwrap_or(Generation(0));
+        let generation = self.newest_generation(&user).await?;
         let started = secrets
             .register_start(&mut OsRng, &user, generation, &r.registration_request)
             .map_err(|e| invalid(e.to_string()))?;
@@ -402,12 +408,7 @@ impl Frontend for FrontendService {
         // registration yet would otherwise check the evaluation first.
         let newest = match first {
             Some(_) => Generation(0),
-            None => {
-                self.proposer.read_barrier().await.map_err(propose_failed)?;
-                self.reader
-                    .with_state(|s| s.user(&user).map(|u| u.generation))
-                    .unwrap_or(Generation(0))
-            }
+            None => self.newest_generation(&user).await?,
         };
         let opened = match secrets.register_finish(&user, &r.sealed_registration, newest) {
             Ok(opened) => opened,
