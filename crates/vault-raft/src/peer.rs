@@ -432,6 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn openraft_orders_two_leaders_of_one_term_without_panicking() {
+        // With openraft 0.9's default leader ids (`LeaderId { term,
+        // node_id }`, not the `single-term-leader` feature) votes are
+        // totally ordered: two committed votes for different nodes in one
+        // term compare by node id. So a conflicting committed vote that
+        // slips past `check_peer_vote` in a race (it reads the vote openraft
+        // last published) is a second leader of that term to openraft, not
+        // the `unreachable!` of the single-term ordering. If this fails, the
+        // feature was turned on and the race can panic a Raft core again.
+        use std::cmp::Ordering;
+        let (a, b) = (committed(7, 1), committed(7, 2));
+        assert_eq!(b.partial_cmp(&a), Some(Ordering::Greater));
+        assert_eq!(a.partial_cmp(&b), Some(Ordering::Less));
+        assert_eq!(Vote::new(7, 2).partial_cmp(&a), Some(Ordering::Greater));
+        // This node's own check stays stricter than openraft's order.
+        assert!(check_peer_vote(Sender::Leader, 2, &b, &a).is_err());
+    }
+
+    #[test]
     fn honest_messages_pass() {
         // A new leader of a later term; the current leader; an old leader
         // (openraft refuses it itself, with the higher vote in the answer).
