@@ -80,6 +80,10 @@ fn main() -> ExitCode {
             wrong_ke3s_count_and_the_last_one_locks,
         ),
         (
+            "a_success_forgives_no_guess_granted_after_it",
+            a_success_forgives_no_guess_granted_after_it,
+        ),
+        (
             "malformed_frontend_calls_are_invalid_arguments_with_a_detail",
             malformed_frontend_calls_are_invalid_arguments_with_a_detail,
         ),
@@ -1233,6 +1237,98 @@ fn wrong_ke3s_count_and_the_last_one_locks(template: &Template) -> TestResult {
                     .is_err(),
                 "a locked record answered a KE2"
             );
+            Ok(())
+        })
+    })
+}
+
+/// Waits for `who`'s attempts left to settle at `expected`; more than
+/// that at any read is an attempt given back.
+async fn settles_at(
+    c: &mut FrontendClient<Channel>,
+    who: &UserId,
+    expected: u32,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = status(c, who).await?.attempts_left;
+        ensure!(
+            left <= expected,
+            "{what}: {left} attempts left, expected {expected}: a guess was forgiven"
+        );
+        if left == expected {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: {left} attempts left, never {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A genuine login up to its KE3: the session and the KE3 that opens it.
+async fn genuine_start(
+    c: &mut FrontendClient<Channel>,
+    app: &App,
+    who: &UserId,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let (login, ke1) = Login::start(&mut OsRng, b"right")?;
+    let start = recover_start(c, who, &ke1, &new_id()).await?;
+    let ok = login.finish(&mut OsRng, b"right", &start.ke2, who, &app.fleet, &app.ksf)?;
+    Ok((start.session_id, ok.ke3.clone()))
+}
+
+/// Sends a genuine login's KE3; the sealed K must come back.
+async fn genuine_finish(
+    c: &mut FrontendClient<Channel>,
+    (session_id, ke3): (Vec<u8>, Vec<u8>),
+) -> anyhow::Result<()> {
+    let fin = c
+        .recover_finish(RecoverFinishRequest { session_id, ke3 })
+        .await?
+        .into_inner();
+    ensure!(!fin.sealed_key.is_empty(), "a success without a sealed K");
+    Ok(())
+}
+
+/// A frontend's guess: a RecoverStart whose KE2 it keeps; no KE3 follows.
+async fn guess_start(c: &mut FrontendClient<Channel>, who: &UserId) -> anyhow::Result<()> {
+    let (_, ke1) = Login::start(&mut OsRng, b"a guess")?;
+    recover_start(c, who, &ke1, &new_id()).await?;
+    Ok(())
+}
+
+/// Measure: password guesses testable ≤ attempts committed, around the
+/// user's own logins. While a genuine recovery sits between its KE2 and
+/// its KE3, the frontend relaying it opens recoveries of its own with
+/// guesses (the KE2 is all an offline test needs; no KE3 has to follow).
+/// The user's success resets the counter: it may forgive the attempts
+/// granted up to its own, never the guesses granted after it, and a
+/// success that arrives late (after a newer one) forgives nothing newer.
+fn a_success_forgives_no_guess_granted_after_it(template: &Template) -> TestResult {
+    on_fleet(template, |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let dave = user("dave");
+            app.register(&mut c, &dave, b"right", 5).await?;
+            // The user's login, then two guesses of the frontend's.
+            let a = genuine_start(&mut c, &app, &dave).await?;
+            guess_start(&mut c, &dave).await?;
+            guess_start(&mut c, &dave).await?;
+            genuine_finish(&mut c, a).await?;
+            settles_at(&mut c, &dave, 3, "after the user's success").await?;
+            // Two genuine logins; the newer finishes first, then a guess,
+            // then the older one's success arrives.
+            let d = genuine_start(&mut c, &app, &dave).await?;
+            let e = genuine_start(&mut c, &app, &dave).await?;
+            genuine_finish(&mut c, e).await?;
+            settles_at(&mut c, &dave, 5, "after the newer success").await?;
+            guess_start(&mut c, &dave).await?;
+            genuine_finish(&mut c, d).await?;
+            settles_at(&mut c, &dave, 4, "after the late success").await?;
             Ok(())
         })
     })

@@ -252,23 +252,36 @@ fn a_member_certificate_cannot_forward_operator_or_malformed_commands(
                 ),
             ),
             (
-                "FinishAttempt{success: true} without a request id",
+                "FinishGrant{success: true} without a request id",
                 proposal(
                     false,
-                    Command::FinishAttempt {
+                    Command::FinishGrant {
                         user: alice.clone(),
                         generation: Generation(1),
+                        attempt: 1,
                         success: true,
                     },
                 ),
             ),
             (
-                "FinishAttempt of generation 0",
+                "FinishGrant of generation 0",
+                proposal(
+                    true,
+                    Command::FinishGrant {
+                        user: alice.clone(),
+                        generation: Generation(0),
+                        attempt: 1,
+                        success: true,
+                    },
+                ),
+            ),
+            (
+                "an older build's FinishAttempt{success: true}, which forgives every attempt",
                 proposal(
                     true,
                     Command::FinishAttempt {
                         user: alice.clone(),
-                        generation: Generation(0),
+                        generation: Generation(1),
                         success: true,
                     },
                 ),

@@ -281,17 +281,24 @@ impl VaultState {
         };
         match self.users.get(user) {
             // The grant's session can only be gone: it is older than a
-            // session lives, or a success reset the counter since (its
-            // attempt number is past the attempts used now). A replay then
-            // opens no login state, so replaying old request ids holds no
-            // places (issue 25).
+            // session lives, or a success forgave it since (its serial is
+            // among the forgiven ones, or past the newest: a number an
+            // older build counted from a success). A replay then opens no
+            // login state, so replaying old request ids holds no places
+            // (issue 25).
             Some(UserRecord {
                 generation: g,
-                status: RecordStatus::Active { attempts_used, .. },
+                status:
+                    RecordStatus::Active {
+                        attempts_used,
+                        grants,
+                        ..
+                    },
                 ..
             }) if g == generation
                 && (now.0.saturating_sub(seen.at.0) > GRANT_REPLAY_WINDOW_MS
-                    || *attempts_used < *attempt) =>
+                    || *attempt > *grants
+                    || *attempt <= grants.saturating_sub(*attempts_used)) =>
             {
                 Err(CommandError::GrantExpired)
             }
@@ -362,7 +369,13 @@ impl VaultState {
                 user,
                 generation,
                 success,
-            } => self.finish_attempt(user, *generation, *success, at, changed),
+            } => self.finish_attempt(user, *generation, None, *success, at, changed),
+            Command::FinishGrant {
+                user,
+                generation,
+                attempt,
+                success,
+            } => self.finish_attempt(user, *generation, Some(*attempt), *success, at, changed),
             Command::Delete { user } => self.delete(user, at, changed),
             Command::Reseal {
                 kek_version,
@@ -615,6 +628,7 @@ impl VaultState {
                     sealed_record: sealed_record.clone(),
                     max_attempts,
                     attempts_used: 0,
+                    grants: 0,
                 },
                 registered_at: at,
                 updated_at: at,
@@ -637,6 +651,7 @@ impl VaultState {
             sealed_record,
             max_attempts,
             attempts_used,
+            grants,
         } = &mut record.status
         else {
             return Err(tombstone_error(&record.status));
@@ -653,21 +668,27 @@ impl VaultState {
             return Err(CommandError::Locked);
         }
         *attempts_used += 1;
+        // 2^32 grants of one generation need as many successes in between;
+        // saturating keeps apply total (a repeated serial only forgives less).
+        *grants = grants.saturating_add(1).max(*attempts_used);
         let reply = Response::AttemptGranted {
             generation: record.generation,
             sealed_record: sealed_record.clone(),
             attempts_left: *max_attempts - *attempts_used,
-            attempt: *attempts_used,
+            attempt: *grants,
         };
         record.updated_at = at;
         changed.push(StateKey::User(user.clone()));
         Ok(reply)
     }
 
+    /// `attempt`: the grant's serial (`FinishGrant`), or `None` for an
+    /// older build's `FinishAttempt`, whose success forgives every attempt.
     fn finish_attempt(
         &mut self,
         user: &UserId,
         generation: Generation,
+        attempt: Option<u32>,
         success: bool,
         at: Timestamp,
         changed: &mut Vec<StateKey>,
@@ -688,18 +709,26 @@ impl VaultState {
         let RecordStatus::Active {
             max_attempts,
             attempts_used,
+            grants,
             ..
         } = &mut record.status
         else {
             return Err(tombstone_error(&record.status));
         };
-        if *attempts_used == 0 {
-            return Err(CommandError::NoAttemptInProgress);
-        }
+        // A grant this generation never made (a serial past the newest), or
+        // an old-format finish with no attempt counted, finishes nothing.
+        let forgiven_through = match attempt {
+            Some(a) if a == 0 || a > *grants => return Err(CommandError::NoAttemptInProgress),
+            Some(a) => a,
+            None if *attempts_used == 0 => return Err(CommandError::NoAttemptInProgress),
+            None => *grants,
+        };
         let max = *max_attempts;
         let (attempts_left, locked) = if success {
-            *attempts_used = 0;
-            (max, false)
+            // The counted attempts are the newest `attempts_used` grants:
+            // forgive those up to this one's serial, none granted after.
+            *attempts_used = (*attempts_used).min(grants.saturating_sub(forgiven_through));
+            (max - *attempts_used, false)
         } else if *attempts_used >= max {
             (0, true)
         } else {
@@ -743,7 +772,7 @@ impl VaultState {
     pub fn value(&self, key: &StateKey) -> Option<Vec<u8>> {
         let encoded = match key {
             StateKey::Fleet => codec::encode(VALUE_V1, self.fleet.as_ref()?),
-            StateKey::User(u) => codec::encode(VALUE_V1, self.users.get(u)?),
+            StateKey::User(u) => self.users.get(u)?.encode(),
             StateKey::Dedup(id) => self.dedup.get(id)?.encode(),
         };
         // Encoding plain in-memory data into a Vec cannot fail.
@@ -781,7 +810,7 @@ impl VaultState {
                     state.fleet = Some(codec::decode("fleet", VALUE_V1, &v).map_err(bad)?)
                 }
                 StateKey::User(u) => {
-                    let record = codec::decode("user record", VALUE_V1, &v).map_err(bad)?;
+                    let record = UserRecord::decode(&v).map_err(bad)?;
                     state.users.insert(u.clone(), record);
                 }
                 StateKey::Dedup(id) => {

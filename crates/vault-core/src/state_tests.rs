@@ -11,7 +11,7 @@ use vault_types::{
 
 use super::VaultState;
 use crate::key::StateKey;
-use crate::record::RecordStatus;
+use crate::record::{RecordStatus, UserRecord};
 
 const CAP: u32 = 10;
 
@@ -72,6 +72,98 @@ fn finish(name: &str, generation: u64, success: bool) -> Command {
         generation: Generation(generation),
         success,
     }
+}
+
+fn finish_grant(name: &str, generation: u64, attempt: u32, success: bool) -> Command {
+    Command::FinishGrant {
+        user: user(name),
+        generation: Generation(generation),
+        attempt,
+        success,
+    }
+}
+
+fn left(log: &Log, name: &str) -> u32 {
+    match log.state.status(&user(name)) {
+        UserStatus::Active { attempts_left, .. } => attempts_left,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn serial(r: Response) -> u32 {
+    match r {
+        Response::AttemptGranted { attempt, .. } => attempt,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 26's attack, on the state machine: guesses granted while a
+/// genuine login waits for its KE3 were forgiven by its success, and a
+/// success landing after a newer one forgave what came in between.
+#[test]
+fn a_success_forgives_the_grants_up_to_its_own_and_none_after() {
+    let mut log = Log::new();
+    log.ok(prop(register("d", 5)));
+    let a = serial(log.ok(prop(begin("d"))));
+    log.ok(prop(begin("d")));
+    log.ok(prop(begin("d")));
+    assert_eq!(left(&log, "d"), 2);
+    log.ok(prop(finish_grant("d", 1, a, true)));
+    assert_eq!(left(&log, "d"), 3, "the two guesses after it stay counted");
+    let d = serial(log.ok(prop(begin("d"))));
+    let e = serial(log.ok(prop(begin("d"))));
+    assert_eq!((a, d, e), (1, 4, 5), "serials are never reused");
+    log.ok(prop(finish_grant("d", 1, e, true)));
+    assert_eq!(left(&log, "d"), 5);
+    log.ok(prop(begin("d")));
+    // The older success lands late: it forgives nothing newer, and still
+    // answers success (its KE3 verified).
+    assert!(matches!(
+        log.ok(prop(finish_grant("d", 1, d, true))),
+        Response::AttemptFinished { success: true, .. }
+    ));
+    assert_eq!(left(&log, "d"), 4);
+    // A serial this generation never granted finishes nothing.
+    for bad in [0, 7] {
+        assert_eq!(
+            log.apply(prop(finish_grant("d", 1, bad, true))),
+            Err(CommandError::NoAttemptInProgress)
+        );
+    }
+    assert_eq!(left(&log, "d"), 4);
+    // An older build's FinishAttempt still forgives every attempt.
+    log.ok(prop(finish("d", 1, true)));
+    assert_eq!(left(&log, "d"), 5);
+}
+
+/// A record whose serial equals its count is written in the first format,
+/// byte for byte (so an older build's state keeps its commitment); one
+/// that differs is written in format 2; both read back.
+#[test]
+fn user_records_keep_the_first_format_until_a_serial_differs() {
+    let mut log = Log::new();
+    log.ok(prop(register("d", 5)));
+    log.ok(prop(begin("d")));
+    let record = log.state.user(&user("d")).expect("record").clone();
+    let bytes = record.encode().expect("encode");
+    assert_eq!(bytes[0], vault_types::codec::VALUE_V1);
+    assert_eq!(UserRecord::decode(&bytes).expect("v1"), record);
+    let a = serial(log.ok(prop(begin("d"))));
+    log.ok(prop(finish_grant("d", 1, a, true)));
+    let record = log.state.user(&user("d")).expect("record").clone();
+    let bytes = record.encode().expect("encode");
+    assert_eq!(bytes[0], crate::record::USER_V2);
+    assert_eq!(UserRecord::decode(&bytes).expect("v2"), record);
+    // The replay of the forgiven grant has expired.
+    let mut other = Log::new();
+    other.ok(prop(register("r", 5)));
+    let id = (9, 9);
+    let first = other.ok(with_request(begin("r"), id.0, id.1));
+    other.ok(prop(finish_grant("r", 1, serial(first), true)));
+    assert_eq!(
+        other.apply(with_request(begin("r"), id.0, id.1)),
+        Err(CommandError::GrantExpired)
+    );
 }
 
 /// A state with the fleet initialised, applying from index 1.
@@ -479,6 +571,7 @@ fn reseal_moves_the_fleet_first_and_never_touches_a_budget() {
             sealed_record,
             attempts_used,
             max_attempts,
+            ..
         }) => {
             assert_eq!(sealed_record, &blob(2, "a"));
             assert_eq!((*attempts_used, *max_attempts), (1, 3), "the budget moved");
@@ -642,6 +735,9 @@ enum Op {
     Finish {
         user: u8,
         generation_back: u8,
+        /// `None`: an older build's `FinishAttempt`; `Some(k)`: a
+        /// `FinishGrant` of the grant `k` serials before the newest.
+        grant_back: Option<u8>,
         success: bool,
     },
     Delete {
@@ -654,8 +750,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u8, 1..5u32).prop_map(|(user, max)| Op::Register { user, max }),
         5 => (0..3u8, proptest::option::of((0..6u8, 0..2u8)))
             .prop_map(|(user, req)| Op::Begin { user, req }),
-        3 => (0..3u8, 0..2u8, any::<bool>())
-            .prop_map(|(user, generation_back, success)| Op::Finish { user, generation_back, success }),
+        3 => (0..3u8, 0..2u8, proptest::option::weighted(0.8, 0..4u8), any::<bool>())
+            .prop_map(|(user, generation_back, grant_back, success)| Op::Finish { user, generation_back, grant_back, success }),
         1 => (0..3u8).prop_map(|user| Op::Delete { user }),
     ]
 }
@@ -677,14 +773,31 @@ fn to_proposal(state: &VaultState, op: &Op) -> Proposal {
         Op::Finish {
             user: u,
             generation_back,
+            grant_back,
             success,
         } => {
-            let current = state.user(&name(u)).map_or(1, |r| r.generation.0);
-            prop(Command::FinishAttempt {
-                user: name(u),
-                generation: Generation(current.saturating_sub(u64::from(*generation_back)).max(1)),
-                success: *success,
-            })
+            let record = state.user(&name(u));
+            let current = record.map_or(1, |r| r.generation.0);
+            let generation = Generation(current.saturating_sub(u64::from(*generation_back)).max(1));
+            match grant_back {
+                None => prop(Command::FinishAttempt {
+                    user: name(u),
+                    generation,
+                    success: *success,
+                }),
+                Some(k) => {
+                    let newest = match record.map(|r| &r.status) {
+                        Some(RecordStatus::Active { grants, .. }) => *grants,
+                        _ => 1,
+                    };
+                    prop(Command::FinishGrant {
+                        user: name(u),
+                        generation,
+                        attempt: newest.saturating_sub(u32::from(*k)),
+                        success: *success,
+                    })
+                }
+            }
         }
         Op::Delete { user: u } => prop(Command::Delete { user: name(u) }),
     }
@@ -698,13 +811,15 @@ proptest! {
         let mut a = VaultState::with_dedup_capacity(4);
         let mut log = vec![prop(init())];
         a.apply(1, &log[0]);
-        // Fresh grants per (user, generation) since the last success.
-        let mut granted: BTreeMap<(UserId, Generation), u32> = BTreeMap::new();
+        // The serials of the grants still counted, per (user, generation).
+        let mut granted: BTreeMap<(UserId, Generation), Vec<u32>> = BTreeMap::new();
         let mut disk: BTreeMap<Vec<u8>, Vec<u8>> = a.items().map(|(k, v)| (k.encode(), v)).collect();
         for (i, op) in ops.iter().enumerate() {
             let p = to_proposal(&a, op);
             let target = match &p.command {
-                Command::BeginAttempt { user } | Command::FinishAttempt { user, .. } => Some(user.clone()),
+                Command::BeginAttempt { user }
+                | Command::FinishAttempt { user, .. }
+                | Command::FinishGrant { user, .. } => Some(user.clone()),
                 _ => None,
             };
             let before = target.as_ref().and_then(|u| a.user(u).cloned());
@@ -730,19 +845,35 @@ proptest! {
             }
 
             // (a) the guess bound: count fresh grants (the record changed).
-            if let (Ok(Response::AttemptGranted { generation, .. }), Some(u)) = (&applied.reply, &target)
+            if let (Ok(Response::AttemptGranted { generation, attempt, .. }), Some(u)) = (&applied.reply, &target)
                 && applied.changed.iter().any(|(k, _)| *k == StateKey::User(u.clone()))
             {
-                let n = granted.entry((u.clone(), *generation)).or_insert(0);
-                *n += 1;
+                let counted = granted.entry((u.clone(), *generation)).or_default();
+                prop_assert!(counted.iter().all(|s| s < attempt), "serial {} reused", attempt);
+                counted.push(*attempt);
                 let max = match before.as_ref().map(|r| &r.status) {
                     Some(RecordStatus::Active { max_attempts, .. }) => *max_attempts,
                     _ => 0,
                 };
-                prop_assert!(*n <= max, "{} grants for {:?} with max {}", n, u, max);
+                prop_assert!(counted.len() as u32 <= max, "{} grants for {:?} with max {}", counted.len(), u, max);
             }
+            // A success forgives the grants up to its own serial (every
+            // one, for an older build's FinishAttempt), none after it.
             if let (Ok(Response::AttemptFinished { success: true, generation, .. }), Some(u)) = (&applied.reply, &target) {
-                granted.remove(&(u.clone(), *generation));
+                let through = match &p.command {
+                    Command::FinishGrant { attempt, .. } => *attempt,
+                    _ => u32::MAX,
+                };
+                if let Some(counted) = granted.get_mut(&(u.clone(), *generation)) {
+                    counted.retain(|s| *s > through);
+                }
+            }
+            // The model's count is the record's.
+            if let Some(u) = &target
+                && let Some(UserRecord { generation, status: RecordStatus::Active { attempts_used, .. }, .. }) = a.user(u)
+            {
+                let model = granted.get(&(u.clone(), *generation)).map_or(0, |c| c.len() as u32);
+                prop_assert_eq!(*attempts_used, model, "attempts used of {:?}", u);
             }
 
             // Persisting only the changed keys keeps the disk equal to the state.

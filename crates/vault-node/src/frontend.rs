@@ -45,7 +45,7 @@ use vault_types::{
 use zeroize::Zeroizing;
 
 use crate::metrics::{Metrics, timed_hsm};
-use sessions::{Answer, Begin, Refusal, Sessions};
+use sessions::{Answer, Begin, Grant, Refusal, Sessions};
 use status::{
     after_commit, fail, hsm_failed, internal, invalid, not_initialized, propose_failed, refused,
     wrong_password,
@@ -237,13 +237,14 @@ impl FrontendService {
                         sealed_record,
                         max_attempts,
                         attempts_used,
+                        grants,
                     },
                 ..
             }) if attempts_used < max_attempts => Ok(VaultResponse::AttemptGranted {
                 generation: *generation,
                 sealed_record: sealed_record.clone(),
                 attempts_left: max_attempts - attempts_used - 1,
-                attempt: attempts_used + 1,
+                attempt: grants.saturating_add(1),
             }),
             Some(_) => Err(CommandError::Locked),
             None => Err(CommandError::NotFound),
@@ -506,24 +507,37 @@ impl Frontend for FrontendService {
             Begin::Refused(why) => return Err(no_place(why)),
         };
         let granted = self.begin_attempt(id, digest, &user).await?;
-        let (generation, sealed_record, attempts_left) = match granted {
+        let (grant, sealed_record) = match granted {
             Ok(VaultResponse::AttemptGranted {
                 generation,
                 sealed_record,
                 attempts_left,
-                ..
-            }) => (generation, sealed_record, attempts_left),
+                attempt,
+            }) => (
+                Grant {
+                    generation,
+                    attempts_left,
+                    attempt,
+                },
+                sealed_record,
+            ),
             Ok(other) => return Err(internal(format!("unexpected reply {other:?}"))),
             Err(e) => return Err(refused(e)),
         };
         // Only now, with the attempt committed and applied, may KE2 leave.
         let (ke2, state, enc_k) = self
-            .ke2(&secrets, &user, generation, sealed_record, &r.ke1)
+            .ke2(&secrets, &user, grant.generation, sealed_record, &r.ke1)
             .await
             .map_err(after_commit)?;
-        let answer = reservation.open(user, generation, state, enc_k, ke2, attempts_left);
+        let answer = reservation.open(user, grant, state, enc_k, ke2);
         self.metrics.sessions.set(self.sessions.held() as i64);
-        tracing::info!(request = ?id, generation = generation.0, attempts_left, "attempt granted");
+        tracing::info!(
+            request = ?id,
+            generation = grant.generation.0,
+            attempts_left = grant.attempts_left,
+            attempt = grant.attempt,
+            "attempt granted"
+        );
         Ok(Response::new(self.start_reply(answer, &secrets)))
     }
 
@@ -583,9 +597,10 @@ impl Frontend for FrontendService {
             .propose(
                 RequestId(fid),
                 digest,
-                Command::FinishAttempt {
+                Command::FinishGrant {
                     user,
                     generation,
+                    attempt: session.attempt,
                     success,
                 },
             )

@@ -104,6 +104,23 @@ pub enum Command {
         /// Users' records, each for the generation it was read at.
         records: Vec<(UserId, Generation, SealedBytes)>,
     },
+    /// Records the outcome of one granted attempt of `generation`: the one
+    /// whose grant answered `attempt` (its serial). A success forgives the
+    /// attempts granted up to and including it, never one granted after
+    /// it, so a success that lands late (after a newer one, or with guesses
+    /// granted in between) gives nothing back. What this build proposes;
+    /// `FinishAttempt`, which older builds wrote, forgives every attempt.
+    /// (Last in the enum: earlier variants keep their encoding.)
+    FinishGrant {
+        /// The user.
+        user: UserId,
+        /// The generation the attempt was granted for.
+        generation: Generation,
+        /// The grant's serial (`AttemptGranted::attempt`).
+        attempt: u32,
+        /// Whether KE3 verified.
+        success: bool,
+    },
 }
 
 /// Most records one `Reseal` entry carries: at most about 150 KB (a user id
@@ -153,7 +170,8 @@ impl Proposal {
     /// - A request id must be present (every frontend command has one; it
     ///   makes the command idempotent and its reply findable).
     /// - `Register` with a budget of at least one attempt and a sealed
-    ///   record; `BeginAttempt`; `FinishAttempt` of a real generation (≥ 1);
+    ///   record; `BeginAttempt`; `FinishGrant` of a real generation and
+    ///   grant serial (≥ 1); never an older build's `FinishAttempt`;
     ///   `Delete`.
     /// - Operator commands (`InitFleet`, `SetBundle`, `Preload`, `Reseal`) are never
     ///   forwarded: the leader takes them from the operator's own
@@ -179,11 +197,20 @@ impl Proposal {
                 }
                 Ok(())
             }
-            Command::FinishAttempt { generation, .. } if generation.0 == 0 => {
-                Err("a forwarded FinishAttempt must name the generation it finishes")
+            // This build proposes FinishGrant; an older build's finish
+            // forgives every attempt, which no node of this build asks for
+            // (a fleet runs one version: stop, upgrade, start).
+            Command::FinishAttempt { .. } => Err(
+                "a forwarded FinishAttempt is an older build's; this build finishes attempts with FinishGrant",
+            ),
+            Command::FinishGrant {
+                generation,
+                attempt,
+                ..
+            } if generation.0 == 0 || *attempt == 0 => {
+                Err("a forwarded FinishGrant must name the generation and the grant it finishes")
             }
-            Command::BeginAttempt { .. }
-            | Command::FinishAttempt { .. }
+            Command::BeginAttempt { .. } | Command::FinishGrant { .. }
             | Command::Delete { .. } => Ok(()),
             Command::InitFleet { .. }
             | Command::SetBundle { .. }
@@ -236,21 +263,33 @@ mod tests {
             sealed_record: SealedBytes(sealed),
             max_attempts,
         };
-        let finish = |g| Command::FinishAttempt {
+        let finish = |g, attempt| Command::FinishGrant {
             user: user(),
             generation: Generation(g),
+            attempt,
+            success: true,
+        };
+        let legacy = Command::FinishAttempt {
+            user: user(),
+            generation: Generation(1),
             success: true,
         };
         for ok in [
             register(10, vec![1]),
             Command::BeginAttempt { user: user() },
-            finish(1),
+            finish(1, 1),
             Command::Delete { user: user() },
         ] {
             assert_eq!(forwarded(true, ok.clone()), Ok(()), "{ok:?}");
             assert!(forwarded(false, ok).is_err(), "no request id");
         }
-        for bad in [register(0, vec![1]), register(10, vec![]), finish(0)] {
+        for bad in [
+            register(0, vec![1]),
+            register(10, vec![]),
+            finish(0, 1),
+            finish(1, 0),
+            legacy,
+        ] {
             assert!(forwarded(true, bad).is_err());
         }
         for operator in [

@@ -25,7 +25,9 @@ pub enum Response {
         sealed_record: SealedBytes,
         /// Attempts left after this one.
         attempts_left: u32,
-        /// Which attempt of this generation since the last success (1-based).
+        /// The grant's serial in this generation (1-based, never reused):
+        /// what `FinishGrant` names. Older builds counted from the last
+        /// success instead.
         attempt: u32,
     },
     /// The attempt's outcome is recorded.

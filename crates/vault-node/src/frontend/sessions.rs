@@ -34,6 +34,17 @@ pub struct Answer {
     pub generation: Generation,
 }
 
+/// The attempt a committed `BeginAttempt` granted.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    /// The record's generation.
+    pub generation: Generation,
+    /// Attempts left after this one (0: it was the last).
+    pub attempts_left: u32,
+    /// The grant's serial, which `FinishGrant` names.
+    pub attempt: u32,
+}
+
 /// One login between `RecoverStart` and `RecoverFinish`.
 pub struct Session {
     /// The user.
@@ -47,6 +58,8 @@ pub struct Session {
     /// Attempts left after this one when it was granted (0: it was the
     /// last).
     pub attempts_left: u32,
+    /// The grant's serial.
+    pub attempt: u32,
     request: RequestId,
     expires: Instant,
 }
@@ -325,12 +338,16 @@ impl Reservation {
     pub fn open(
         mut self,
         user: UserId,
-        generation: Generation,
+        grant: Grant,
         state: ServerLoginState,
         enc_k: Zeroizing<Vec<u8>>,
         ke2: Vec<u8>,
-        attempts_left: u32,
     ) -> Answer {
+        let Grant {
+            generation,
+            attempts_left,
+            attempt,
+        } = grant;
         let mut session_id = [0u8; 16];
         OsRng.fill_bytes(&mut session_id);
         let now = Instant::now();
@@ -363,6 +380,7 @@ impl Reservation {
                 state,
                 enc_k,
                 attempts_left,
+                attempt,
                 request: self.request,
                 expires,
             },
@@ -403,13 +421,17 @@ mod tests {
     }
 
     fn open(r: Reservation, u: &str) -> Answer {
+        let grant = Grant {
+            generation: Generation(1),
+            attempts_left: 4,
+            attempt: 1,
+        };
         r.open(
             user(u),
-            Generation(1),
+            grant,
             state(),
             Zeroizing::new(vec![1; 60]),
             vec![2; 320],
-            4,
         )
     }
 
