@@ -233,17 +233,31 @@ fn spec_client(template: &Template) -> anyhow::Result<()> {
             ),
             "a wrong password opened KE2"
         );
-        let status = c
-            .status(UserStatusRequest {
-                user_id: user.into(),
-            })
-            .await?
-            .into_inner();
-        ensure!(
-            status.attempts_left == 3,
-            "the wrong guess was not counted: {}",
-            status.attempts_left
-        );
+        // §5: the success's reset may land after its answer (it was not
+        // the last attempt); it never forgives the guess granted after it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let status = c
+                .status(UserStatusRequest {
+                    user_id: user.into(),
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                status.attempts_left <= 3,
+                "the wrong guess was not counted: {}",
+                status.attempts_left
+            );
+            if status.attempts_left == 3 {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the success's reset never landed: {} left",
+                status.attempts_left
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         // §10: a user never seen is OK with state UNKNOWN, not an error.
         let unknown = c
             .status(UserStatusRequest {

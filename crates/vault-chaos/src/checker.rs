@@ -2,8 +2,11 @@
 //!
 //! Every check is sound under concurrency: it only counts what the
 //! real-time order of the history proves. A write commits somewhere inside
-//! its call's interval; a success resets a counter somewhere inside its
-//! RecoverFinish interval, and a RecoverFinish without an answer may have.
+//! its call's interval. A success resets a counter after its RecoverFinish
+//! starts: before its answer if it was the last attempt, else at any time
+//! after (in the background, or never); a RecoverFinish without an answer
+//! may have, at any time after it started. A reset forgives the attempts
+//! granted up to the success's own, never one granted after it.
 
 use std::collections::BTreeMap;
 
@@ -32,36 +35,26 @@ impl Check {
     }
 }
 
-/// Intervals (ms) during which a counter reset may have committed.
-fn resets(ops: &[&Op]) -> Vec<(f64, f64)> {
-    let mut r: Vec<(f64, f64)> = ops
-        .iter()
-        .filter_map(|o| o.finish.as_ref())
-        .filter(|f| f.outcome.is_ok() || f.outcome.is_unknown())
-        .map(|f| (f.start_ms, f.end_ms))
-        .collect();
-    r.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Merge overlaps.
-    let mut merged: Vec<(f64, f64)> = Vec::new();
-    for (s, e) in r {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    merged
-}
-
-/// The gaps between reset intervals: within a gap no reset committed.
-fn gaps(resets: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    let mut from = f64::NEG_INFINITY;
-    for (s, e) in resets {
-        out.push((from, *s));
-        from = *e;
-    }
-    out.push((from, f64::INFINITY));
-    out
+/// When each possible counter reset may have committed: from its
+/// RecoverFinish's start until its answer when the node committed the reset
+/// before answering (a success of the last attempt: `attempts_left` 0 at
+/// KE2), else with no end: any other success answers first and commits its
+/// reset in a later batch, and a RecoverFinish without an answer may still
+/// commit.
+fn reset_windows(ops: &[&Op]) -> Vec<(f64, f64)> {
+    ops.iter()
+        .filter_map(|o| {
+            let f = o.finish.as_ref()?;
+            let end = if f.outcome.is_ok() && o.attempts_left == Some(0) {
+                f.end_ms
+            } else if f.outcome.is_ok() || f.outcome.is_unknown() {
+                f64::INFINITY
+            } else {
+                return None;
+            };
+            Some((f.start_ms, end))
+        })
+        .collect()
 }
 
 fn by_user(ops: &[Op]) -> BTreeMap<(&str, u64), Vec<&Op>> {
@@ -74,8 +67,16 @@ fn by_user(ops: &[Op]) -> BTreeMap<(&str, u64), Vec<&Op>> {
     m
 }
 
-/// 1. Guess bound: between two possible resets, the KE2s received for a
-///    user's generation are at most its `max_attempts`.
+/// 1. Guess bound: the KE2s the history proves were counted at one time
+///    are at most the user's `max_attempts`.
+///
+///    A success forgives the attempts granted up to its own, never one
+///    granted after it (`FinishGrant`), and its reset commits no earlier
+///    than its RecoverFinish starts (possibly much later). So the KE2s of
+///    recoveries started at or after a time `a` can be forgiven only by a
+///    success whose own KE2 came after `a`, and not before the earliest
+///    such success began to finish (`b`): every KE2 among them that arrived
+///    before `b` was counted at once, just before the last of them arrived.
 pub fn guess_bound(ops: &[Op], users: &[User]) -> Check {
     let mut c = Check::new("guess_bound");
     let max: BTreeMap<&str, u32> = users
@@ -84,16 +85,28 @@ pub fn guess_bound(ops: &[Op], users: &[User]) -> Check {
         .collect();
     for ((user, generation), ops) in by_user(ops) {
         let Some(max) = max.get(user) else { continue };
-        for (a, b) in gaps(&resets(&ops)) {
-            let inside = ops
+        // (KE2 of a possible success, when its RecoverFinish started).
+        let successes: Vec<(f64, f64)> = ops
+            .iter()
+            .filter_map(|o| {
+                let f = o.finish.as_ref()?;
+                (f.outcome.is_ok() || f.outcome.is_unknown()).then_some((o.ke2_ms?, f.start_ms))
+            })
+            .collect();
+        let granted: Vec<(f64, f64)> = ops.iter().filter_map(|o| Some((o.start_ms, o.ke2_ms?))).collect();
+        for &(a, _) in &granted {
+            let b = successes
                 .iter()
-                .filter(|o| o.ke2_ms.is_some_and(|k| o.start_ms > a && k < b))
-                .count();
+                .filter(|(ke2, _)| *ke2 > a)
+                .map(|(_, finishing)| *finishing)
+                .fold(f64::INFINITY, f64::min);
+            let inside = granted.iter().filter(|(s, k)| *s >= a && *k < b).count();
             c.checked += 1;
             if inside > *max as usize {
                 c.violations.push(format!(
-                    "user {user} generation {generation}: {inside} KE2s received between \
-                     {a:.0} ms and {b:.0} ms with no reset in between; max_attempts is {max}"
+                    "user {user} generation {generation}: {inside} KE2s of recoveries started \
+                     from {a:.0} ms received before {b:.0} ms, with no success that could \
+                     forgive one of them in between; max_attempts is {max}"
                 ));
             }
         }
@@ -107,7 +120,7 @@ pub fn guess_bound(ops: &[Op], users: &[User]) -> Check {
 pub fn monotonic_counters(ops: &[Op]) -> Check {
     let mut c = Check::new("monotonic_counters");
     for ((user, generation), ops) in by_user(ops) {
-        let resets = resets(&ops);
+        let resets = reset_windows(&ops);
         let seen: Vec<(&Op, f64, u32)> = ops
             .iter()
             .filter_map(|o| Some((*o, o.ke2_ms?, o.attempts_left?)))
@@ -200,11 +213,16 @@ pub fn durability(ops: &[Op], users: &[User], finals: &BTreeMap<String, Final>) 
                     .iter()
                     .filter(|o| o.user == u.id && o.kind != OpKind::Register)
                     .collect();
+                // A success of the last attempt committed its reset
+                // before it answered; any other may have lost its reset. A
+                // reset forgives the attempts granted up to its own, so
+                // what counts after it are grants after its RecoverStart
+                // began.
                 let last_certain_reset = mine
                     .iter()
-                    .filter_map(|o| o.finish.as_ref())
-                    .filter(|f| f.outcome.is_ok())
-                    .map(|f| f.start_ms)
+                    .filter(|o| o.attempts_left == Some(0))
+                    .filter(|o| o.finish.as_ref().is_some_and(|f| f.outcome.is_ok()))
+                    .map(|o| o.start_ms)
                     .fold(f64::NEG_INFINITY, f64::max);
                 // Attempts that may have been spent after it: every start
                 // that was not refused outright.
@@ -287,14 +305,61 @@ mod tests {
         assert_eq!(guess_bound(&more, &[user("u", 3)]).violations.len(), 1);
         // A successful recovery in between resets the count.
         let mut reset = more.clone();
-        reset[2].kind = OpKind::RecoverRight;
-        reset[2].finish = Some(Finish {
-            start_ms: 5.5,
-            end_ms: 5.8,
+        reset[2] = success(reset[2].clone(), (5.5, 5.8));
+        assert!(guess_bound(&reset, &[user("u", 3)]).violations.is_empty());
+    }
+
+    fn success(mut o: Op, finish: (f64, f64)) -> Op {
+        o.kind = OpKind::RecoverRight;
+        o.finish = Some(Finish {
+            start_ms: finish.0,
+            end_ms: finish.1,
             outcome: Outcome::Ok,
             k_matches: Some(true),
         });
-        assert!(guess_bound(&reset, &[user("u", 3)]).violations.is_empty());
+        o
+    }
+
+    /// The reset forgives the grants up to the success's own: guesses
+    /// started after its KE2 stay counted, whenever the reset lands. The
+    /// old model (a success resets everything) missed this history.
+    #[test]
+    fn guess_bound_counts_guesses_granted_after_a_success() {
+        let ops = vec![
+            success(op("u", 0.0, Some(1.0), 1), (5.0, 6.0)),
+            op("u", 2.0, Some(3.0), 0),
+            op("u", 7.0, Some(8.0), 0),
+            op("u", 9.0, Some(10.0), 0),
+        ];
+        let c = guess_bound(&ops, &[user("u", 2)]);
+        assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+        // With the success granted after the first guess, its reset may
+        // forgive that guess: two counted at once at most.
+        let ops = vec![
+            op("u", 0.0, Some(1.0), 1),
+            success(op("u", 2.0, Some(3.0), 0), (5.0, 6.0)),
+            op("u", 7.0, Some(8.0), 0),
+        ];
+        assert!(guess_bound(&ops, &[user("u", 2)]).violations.is_empty());
+    }
+
+    /// A success that was not the last attempt answers before its reset
+    /// commits: a counter may rise after its answer, and that is no
+    /// violation. A success of the last attempt committed before answering.
+    #[test]
+    fn a_background_reset_may_land_after_the_answer() {
+        let ops = vec![
+            success(op("u", 0.0, Some(1.0), 2), (2.0, 3.0)),
+            op("u", 4.0, Some(5.0), 1),
+            op("u", 6.0, Some(7.0), 1),
+        ];
+        assert!(monotonic_counters(&ops).violations.is_empty());
+        let sync = vec![
+            success(op("u", 0.0, Some(1.0), 0), (2.0, 3.0)),
+            op("u", 4.0, Some(5.0), 1),
+            op("u", 6.0, Some(7.0), 1),
+        ];
+        assert_eq!(monotonic_counters(&sync).violations.len(), 1);
     }
 
     #[test]

@@ -682,6 +682,33 @@ impl VaultState {
         Ok(reply)
     }
 
+    /// Why an attempt of `generation` of `user` can no longer finish (the
+    /// user is unknown, the generation locked, deleted or replaced since),
+    /// or `None` while that generation is the active record. What a
+    /// finish refuses with; the node asks it after a read barrier before it
+    /// releases a success whose counter reset it commits in the background.
+    pub fn finish_refusal(&self, user: &UserId, generation: Generation) -> Option<CommandError> {
+        let Some(record) = self.users.get(user) else {
+            return Some(CommandError::NotFound);
+        };
+        if record.generation != generation {
+            // A session of a generation that has since locked or been
+            // deleted says so rather than "stale".
+            return Some(match record.status {
+                RecordStatus::Locked { of } if of == generation => CommandError::Locked,
+                RecordStatus::Deleted { of } if of == generation => CommandError::NotFound,
+                _ => CommandError::StaleGeneration {
+                    current: record.generation,
+                    given: generation,
+                },
+            });
+        }
+        match &record.status {
+            RecordStatus::Active { .. } => None,
+            other => Some(tombstone_error(other)),
+        }
+    }
+
     /// `attempt`: the grant's serial (`FinishGrant`), or `None` for an
     /// older build's `FinishAttempt`, whose success forgives every attempt.
     fn finish_attempt(
@@ -693,19 +720,10 @@ impl VaultState {
         at: Timestamp,
         changed: &mut Vec<StateKey>,
     ) -> Result<Response, CommandError> {
-        let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
-        if record.generation != generation {
-            // A session of a generation that has since locked or been
-            // deleted says so rather than "stale".
-            return Err(match record.status {
-                RecordStatus::Locked { of } if of == generation => CommandError::Locked,
-                RecordStatus::Deleted { of } if of == generation => CommandError::NotFound,
-                _ => CommandError::StaleGeneration {
-                    current: record.generation,
-                    given: generation,
-                },
-            });
+        if let Some(refused) = self.finish_refusal(user, generation) {
+            return Err(refused);
         }
+        let record = self.users.get_mut(user).ok_or(CommandError::NotFound)?;
         let RecordStatus::Active {
             max_attempts,
             attempts_used,

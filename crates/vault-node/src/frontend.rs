@@ -6,10 +6,13 @@
 //! or the user is full), commits `BeginAttempt` (one attempt consumed, on a
 //! majority) and only then unseals the record and computes KE2. The login
 //! state stays in this node's memory under a random session id
-//! ([`sessions`]). `RecoverFinish` commits the outcome before it answers,
-//! and the answer (`enc_K` under the OPAQUE session key) leaves only after
-//! `FinishAttempt{success}` is applied. Every refusal after the commit says
-//! that the attempt is committed.
+//! ([`sessions`]). `RecoverFinish` of a wrong password commits nothing
+//! unless it was the last attempt (its failure erases the record, committed
+//! before the answer). A success of the last attempt commits its reset
+//! (`FinishGrant`) before the answer leaves; any other success takes a
+//! read barrier (the record is still that generation), answers (`enc_K`
+//! under the OPAQUE session key), and commits the reset in the background.
+//! Every refusal after the commit says that the attempt is committed.
 //!
 //! A registration is a compare-and-set: the app seals the generation it
 //! saw in `RegisterStart` (and its budget, and the registration nonce)
@@ -198,6 +201,31 @@ impl FrontendService {
             Reply::Vault(r) => Ok(r),
             Reply::Raft => Err(internal("a command got a Raft reply")),
         }
+    }
+
+    /// Commits a success's counter reset without holding the answer for it
+    /// (the answer has left). Tried twice with one request id (a repeat is
+    /// answered from the dedup table). A reset that is lost leaves the
+    /// attempt counted, the safe direction, until the next success forgives
+    /// it with its own.
+    fn reset_in_background(&self, id: RequestId, digest: RequestDigest, command: Command) {
+        let proposer = self.proposer.clone();
+        let proposal = Proposal {
+            request: Some(RequestMeta { id, digest }),
+            at: now(),
+            command,
+        };
+        tokio::spawn(async move {
+            for attempt in 1..=2 {
+                match proposer.propose(proposal.clone()).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(
+                        attempt,
+                        "a success's counter reset is not committed yet: {e}"
+                    ),
+                }
+            }
+        });
     }
 
     /// `BeginAttempt`, committed: the granted attempt's generation, sealed
@@ -593,18 +621,36 @@ impl Frontend for FrontendService {
             user.as_str().as_bytes(),
             &[u8::from(success)],
         ]);
-        let finished = self
-            .propose(
-                RequestId(fid),
-                digest,
-                Command::FinishGrant {
-                    user,
-                    generation,
-                    attempt: session.attempt,
-                    success,
-                },
-            )
-            .await?;
+        let command = Command::FinishGrant {
+            user: user.clone(),
+            generation,
+            attempt: session.attempt,
+            success,
+        };
+        if session.attempts_left > 0
+            && let Ok(sealed_key) = outcome
+        {
+            // A success that was not the last attempt (issue 26): its
+            // BeginAttempt is committed (KE2 left after it), and the reset
+            // only gives attempts back, so it need not hold the answer. A
+            // read barrier confirms the record is still the generation the
+            // attempt was granted for (not locked, deleted or replaced),
+            // then the answer leaves and the reset rides a later batch. The
+            // last attempt still commits first: while its reset is pending,
+            // the next BeginAttempt would find the budget spent and erase
+            // the record.
+            self.proposer.read_barrier().await.map_err(propose_failed)?;
+            if let Some(e) = self
+                .reader
+                .with_state(|s| s.finish_refusal(&user, generation))
+            {
+                return Err(refused(e));
+            }
+            self.reset_in_background(RequestId(fid), digest, command);
+            tracing::info!(generation = generation.0, "recovered");
+            return Ok(Response::new(RecoverFinishReply { sealed_key }));
+        }
+        let finished = self.propose(RequestId(fid), digest, command).await?;
         match (finished, outcome) {
             (Ok(VaultResponse::AttemptFinished { .. }), Ok(sealed_key)) => {
                 tracing::info!(generation = generation.0, "recovered");

@@ -152,7 +152,15 @@ pub fn check_peer_vote(
             "named term {term}, too far past this node's term {our_term}"
         ));
     }
-    if !vote_at_least(theirs, ours) && !vote_at_least(ours, theirs) {
+    // Two uncommitted votes for different candidates in one term are a
+    // split vote: openraft orders them by node id and the higher candidate
+    // wins the term. Refusing it kept two candidates in lockstep, term
+    // after term, with no leader (seen in the gate's pause_leader run). A
+    // committed vote that conflicts is what a check must stop.
+    if !vote_at_least(theirs, ours)
+        && !vote_at_least(ours, theirs)
+        && (theirs.is_committed() || ours.is_committed())
+    {
         return Err(format!(
             "sent a vote in term {term} that conflicts with this node's vote in the same term"
         ));
@@ -448,6 +456,17 @@ mod tests {
         assert_eq!(Vote::new(7, 2).partial_cmp(&a), Some(Ordering::Greater));
         // This node's own check stays stricter than openraft's order.
         assert!(check_peer_vote(Sender::Leader, 2, &b, &a).is_err());
+    }
+
+    /// Two candidates of one term (a split vote) must reach openraft, which
+    /// lets the higher node id win the term: refused, the two candidates
+    /// went on in lockstep with no leader, term after term.
+    #[test]
+    fn a_split_vote_reaches_openraft() {
+        let (mine, theirs) = (Vote::new(2, 2), Vote::new(2, 3));
+        assert_eq!(check_peer_vote(Sender::Candidate, 3, &theirs, &mine), Ok(()));
+        assert_eq!(check_peer_vote(Sender::Candidate, 2, &mine, &theirs), Ok(()));
+        assert!(theirs > mine, "openraft orders a split vote by node id");
     }
 
     #[test]
