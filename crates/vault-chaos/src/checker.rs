@@ -93,7 +93,10 @@ pub fn guess_bound(ops: &[Op], users: &[User]) -> Check {
                 (f.outcome.is_ok() || f.outcome.is_unknown()).then_some((o.ke2_ms?, f.start_ms))
             })
             .collect();
-        let granted: Vec<(f64, f64)> = ops.iter().filter_map(|o| Some((o.start_ms, o.ke2_ms?))).collect();
+        let granted: Vec<(f64, f64)> = ops
+            .iter()
+            .filter_map(|o| Some((o.start_ms, o.ke2_ms?)))
+            .collect();
         for &(a, _) in &granted {
             let b = successes
                 .iter()

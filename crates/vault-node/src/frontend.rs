@@ -18,6 +18,8 @@
 //! saw in `RegisterStart` (and its budget, and the registration nonce)
 //! into the payload, and `Register` applies only over that generation.
 
+mod commit;
+mod refusals;
 mod sessions;
 pub(crate) mod status;
 
@@ -42,13 +44,14 @@ use vault_protocol::{FleetSecrets, ProtocolError, StoredRecord, hpke_key_aad, re
 use vault_raft::proposer::Proposer;
 use vault_storage::StateReader;
 use vault_types::{
-    Command, CommandError, Generation, Proposal, Reply, RequestDigest, RequestId, RequestMeta,
-    Response as VaultResponse, SealedBytes, Timestamp, UserId, UserStatus,
+    Command, CommandError, Generation, RequestDigest, RequestId, Response as VaultResponse,
+    SealedBytes, Timestamp, UserId, UserStatus,
 };
 use zeroize::Zeroizing;
 
 use crate::metrics::{Metrics, timed_hsm};
-use sessions::{Answer, Begin, Grant, Refusal, Sessions};
+use refusals::{conflict, no_place};
+use sessions::{Answer, Begin, Grant, Sessions};
 use status::{
     after_commit, fail, hsm_failed, internal, invalid, not_initialized, propose_failed, refused,
     wrong_password,
@@ -181,115 +184,6 @@ impl FrontendService {
         }
     }
 
-    async fn propose(
-        &self,
-        id: RequestId,
-        digest: RequestDigest,
-        command: Command,
-    ) -> Result<Result<VaultResponse, CommandError>, Status> {
-        let proposal = Proposal {
-            request: Some(RequestMeta { id, digest }),
-            at: now(),
-            command,
-        };
-        match self
-            .proposer
-            .propose(proposal)
-            .await
-            .map_err(propose_failed)?
-        {
-            Reply::Vault(r) => Ok(r),
-            Reply::Raft => Err(internal("a command got a Raft reply")),
-        }
-    }
-
-    /// Commits a success's counter reset without holding the answer for it
-    /// (the answer has left). Tried twice with one request id (a repeat is
-    /// answered from the dedup table). A reset that is lost leaves the
-    /// attempt counted, the safe direction, until the next success forgives
-    /// it with its own.
-    fn reset_in_background(&self, id: RequestId, digest: RequestDigest, command: Command) {
-        let proposer = self.proposer.clone();
-        let proposal = Proposal {
-            request: Some(RequestMeta { id, digest }),
-            at: now(),
-            command,
-        };
-        tokio::spawn(async move {
-            for attempt in 1..=2 {
-                match proposer.propose(proposal.clone()).await {
-                    Ok(_) => return,
-                    Err(e) => tracing::warn!(
-                        attempt,
-                        "a success's counter reset is not committed yet: {e}"
-                    ),
-                }
-            }
-        });
-    }
-
-    /// `BeginAttempt`, committed: the granted attempt's generation, sealed
-    /// record and attempts left.
-    #[cfg(not(feature = "unsafe-ke2-before-commit"))]
-    async fn begin_attempt(
-        &self,
-        id: RequestId,
-        digest: RequestDigest,
-        user: &UserId,
-    ) -> Result<Result<VaultResponse, CommandError>, Status> {
-        self.propose(id, digest, Command::BeginAttempt { user: user.clone() })
-            .await
-    }
-
-    /// DELIBERATELY BROKEN, for the chaos checker's bite test only (cargo
-    /// feature `unsafe-ke2-before-commit`, which `build.rs` refuses to
-    /// build unless `BKV_BUILD_UNSAFE_NODE` says so): grants the attempt
-    /// from this node's applied state and commits `BeginAttempt` 300 ms
-    /// later in the background, so KE2 leaves before the attempt is
-    /// durable. A crash, or a fast guesser, gets guesses that were never
-    /// counted; the chaos checker must catch it.
-    #[cfg(feature = "unsafe-ke2-before-commit")]
-    async fn begin_attempt(
-        &self,
-        id: RequestId,
-        digest: RequestDigest,
-        user: &UserId,
-    ) -> Result<Result<VaultResponse, CommandError>, Status> {
-        use vault_core::{RecordStatus, UserRecord};
-        self.proposer.read_barrier().await.map_err(propose_failed)?;
-        let granted = self.reader.with_state(|s| match s.user(user) {
-            Some(UserRecord {
-                generation,
-                status:
-                    RecordStatus::Active {
-                        sealed_record,
-                        max_attempts,
-                        attempts_used,
-                        grants,
-                    },
-                ..
-            }) if attempts_used < max_attempts => Ok(VaultResponse::AttemptGranted {
-                generation: *generation,
-                sealed_record: sealed_record.clone(),
-                attempts_left: max_attempts - attempts_used - 1,
-                attempt: grants.saturating_add(1),
-            }),
-            Some(_) => Err(CommandError::Locked),
-            None => Err(CommandError::NotFound),
-        });
-        let proposer = self.proposer.clone();
-        let proposal = Proposal {
-            request: Some(RequestMeta { id, digest }),
-            at: now(),
-            command: Command::BeginAttempt { user: user.clone() },
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let _ = proposer.propose(proposal).await;
-        });
-        Ok(granted)
-    }
-
     /// After `BeginAttempt` committed: unseals the record and computes KE2.
     /// Every error here is marked committed by the caller.
     async fn ke2(
@@ -334,41 +228,6 @@ impl FrontendService {
             fleet: Some(self.fleet_keys(secrets)),
             session_ttl_seconds: self.sessions.ttl().as_secs() as u32,
         }
-    }
-}
-
-/// A registration sealed over a generation that is no longer current.
-fn conflict() -> Status {
-    fail(
-        Code::Aborted,
-        ErrorKind::Conflict,
-        "the user's generation changed since RegisterStart (another registration, a lockout or a delete); start the registration again",
-    )
-}
-
-/// A refusal before anything was committed, for a `RecoverStart` that got
-/// no login-state place.
-fn no_place(r: Refusal) -> Status {
-    match r {
-        Refusal::Full => fail(
-            Code::ResourceExhausted,
-            ErrorKind::Unavailable,
-            "too many recoveries in progress on this node; retry (nothing was committed)",
-        ),
-        Refusal::UserFull => fail(
-            Code::ResourceExhausted,
-            ErrorKind::Unavailable,
-            "too many recoveries of this user in progress on this node; finish or wait for one (nothing was committed)",
-        ),
-        Refusal::InFlight => status::unavailable(
-            "this request is being committed on this node; retry with the same request id",
-        ),
-        Refusal::Finished => fail(
-            Code::FailedPrecondition,
-            ErrorKind::SessionExpired,
-            "this recovery finished on this node; start a new one",
-        ),
-        Refusal::Reused => invalid("the request id was used for another request"),
     }
 }
 
@@ -728,51 +587,4 @@ impl Frontend for FrontendService {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use rand::SeedableRng;
-    use vault_protocol::client::{Login, RegisterStartAnswer, Registration, argon2id};
-    use vault_types::FleetId;
-
-    /// A real OPAQUE login state (for the session table's tests).
-    pub(crate) fn login_state() -> vault_protocol::ServerLoginState {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-        let fleet = FleetId::new("f").unwrap();
-        let secrets = vault_protocol::FleetSecrets::new(
-            fleet.clone(),
-            &vault_protocol::suite::new_server_setup([1; 32]),
-            &vault_protocol::new_hpke_key([2; 32]),
-        )
-        .unwrap();
-        let user = vault_types::UserId::new("u").unwrap();
-        let ksf = argon2id(8, 1, 1).unwrap();
-        let (reg, request) = Registration::start(&mut rng, b"pw").unwrap();
-        let started = secrets
-            .register_start(&mut rng, &user, vault_types::Generation(0), &request)
-            .unwrap();
-        let out = reg
-            .finish(
-                &mut rng,
-                b"pw",
-                &RegisterStartAnswer {
-                    response: &started.response,
-                    nonce: &started.nonce,
-                    generation: vault_types::Generation(0),
-                },
-                &user,
-                &fleet,
-                secrets.hpke_public_key(),
-                &ksf,
-                3,
-                &[0; 32],
-            )
-            .unwrap();
-        let opened = secrets
-            .register_finish(&user, &out.sealed, vault_types::Generation(0))
-            .unwrap();
-        let (_, ke1) = Login::start(&mut rng, b"pw").unwrap();
-        secrets
-            .login_start(&mut rng, &user, &opened.record, &ke1)
-            .unwrap()
-            .1
-    }
-}
+pub(crate) mod tests;

@@ -464,8 +464,14 @@ mod tests {
     #[test]
     fn a_split_vote_reaches_openraft() {
         let (mine, theirs) = (Vote::new(2, 2), Vote::new(2, 3));
-        assert_eq!(check_peer_vote(Sender::Candidate, 3, &theirs, &mine), Ok(()));
-        assert_eq!(check_peer_vote(Sender::Candidate, 2, &mine, &theirs), Ok(()));
+        assert_eq!(
+            check_peer_vote(Sender::Candidate, 3, &theirs, &mine),
+            Ok(())
+        );
+        assert_eq!(
+            check_peer_vote(Sender::Candidate, 2, &mine, &theirs),
+            Ok(())
+        );
         assert!(theirs > mine, "openraft orders a split vote by node id");
     }
 

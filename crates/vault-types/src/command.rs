@@ -210,8 +210,9 @@ impl Proposal {
             } if generation.0 == 0 || *attempt == 0 => {
                 Err("a forwarded FinishGrant must name the generation and the grant it finishes")
             }
-            Command::BeginAttempt { .. } | Command::FinishGrant { .. }
-            | Command::Delete { .. } => Ok(()),
+            Command::BeginAttempt { .. } | Command::FinishGrant { .. } | Command::Delete { .. } => {
+                Ok(())
+            }
             Command::InitFleet { .. }
             | Command::SetBundle { .. }
             | Command::Preload { .. }
