@@ -80,6 +80,10 @@ fn main() -> ExitCode {
             wrong_ke3s_count_and_the_last_one_locks,
         ),
         (
+            "a_replay_past_the_session_ttl_opens_no_session",
+            a_replay_past_the_session_ttl_opens_no_session,
+        ),
+        (
             "a_success_forgives_no_guess_granted_after_it",
             a_success_forgives_no_guess_granted_after_it,
         ),
@@ -1002,6 +1006,42 @@ fn replayed_recover_starts_open_one_session(template: &Template) -> TestResult {
                 ke2s.len()
             );
             ensure!(s.attempts_left == 4, "attempts: {s:?}");
+            Ok(())
+        })
+    })
+}
+
+/// Measure: replays hold no places. With the fleet's session TTL at 2 s,
+/// a RecoverStart replayed 4 s later on another node was
+/// answered from the dedup table with the old grant for up to 60 s, and
+/// opened a new login state each time (issue 25: replays expire with the
+/// session TTL, whatever it is).
+fn a_replay_past_the_session_ttl_opens_no_session(template: &Template) -> TestResult {
+    on_fleet_with(template, &["session_ttl_s = 2"], |fleet, rt| {
+        rt.block_on(async {
+            let mut c = fleet.frontend(1).await?;
+            let app = App::new(fleet);
+            let alice = user("alice");
+            app.register(&mut c, &alice, b"pw", 5).await?;
+            let (_, ke1) = Login::start(&mut OsRng, b"a guess")?;
+            let id = new_id();
+            let first = recover_start(&mut c, &alice, &ke1, &id).await?;
+            ensure!(
+                first.session_ttl_seconds == 2,
+                "TTL {}",
+                first.session_ttl_seconds
+            );
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            // On a node that never saw the request (the first one remembers
+            // it finished): the fleet's dedup table answers.
+            let mut c2 = fleet.frontend(2).await?;
+            let replayed = recover_start(&mut c2, &alice, &ke1, &id).await;
+            ensure!(
+                matches!(&replayed, Err(s) if kind(s) == Kind::SessionExpired),
+                "a replay after the session TTL answered {:?}",
+                replayed.map(|r| r.session_id)
+            );
+            ensure!(status(&mut c, &alice).await?.attempts_left == 4);
             Ok(())
         })
     })

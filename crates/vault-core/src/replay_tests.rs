@@ -43,6 +43,46 @@ fn a_replayed_grant_expires_with_its_session() {
     ));
 }
 
+/// The window is the fleet's session TTL, carried in the command: with a
+/// TTL of 10 s, a replay 30 s after its grant opened a session that lived
+/// 10 s more (the fixed 60 s window; issue 25's last open replay finding).
+#[test]
+fn a_replayed_grant_expires_with_the_fleets_session_ttl() {
+    let mut log = Log::new();
+    log.ok(prop(register("a", 5)));
+    let ttl = |ms| Command::BeginAttemptTtl {
+        user: user("a"),
+        session_ttl_ms: ms,
+    };
+    let grant = at(with_request(ttl(10_000), 9, 9), 10_000);
+    assert!(matches!(
+        log.apply(grant.clone()),
+        Ok(Response::AttemptGranted { attempt: 1, .. })
+    ));
+    assert!(matches!(
+        log.apply(at(grant.clone(), 10_000 + 9_000)),
+        Ok(Response::AttemptGranted { attempt: 1, .. })
+    ));
+    assert_eq!(
+        log.apply(at(grant.clone(), 10_000 + 30_000)),
+        Err(CommandError::GrantExpired)
+    );
+    // A TTL above the old window holds the grant as long as the session.
+    let long = at(with_request(ttl(300_000), 10, 10), 50_000);
+    assert!(matches!(
+        log.apply(long.clone()),
+        Ok(Response::AttemptGranted { attempt: 2, .. })
+    ));
+    assert!(matches!(
+        log.apply(at(long.clone(), 50_000 + 120_000)),
+        Ok(Response::AttemptGranted { attempt: 2, .. })
+    ));
+    assert_eq!(
+        log.apply(at(long, 50_000 + 301_000)),
+        Err(CommandError::GrantExpired)
+    );
+}
+
 /// After a success reset the counter, a replay of a grant made before it
 /// is refused at once, whatever the time: its session can only be gone.
 #[test]

@@ -267,15 +267,23 @@ impl VaultState {
         now: Timestamp,
     ) -> Result<Response, CommandError> {
         let recorded = &seen.reply;
-        let (
-            Command::BeginAttempt { user },
-            Ok(Response::AttemptGranted {
-                generation,
-                attempts_left,
-                attempt,
-                ..
-            }),
-        ) = (command, recorded)
+        // How long after its grant a replay is still answered with it: the
+        // session TTL the replaying node carries (an older build's
+        // `BeginAttempt`: the fixed window).
+        let (user, window) = match command {
+            Command::BeginAttempt { user } => (user, GRANT_REPLAY_WINDOW_MS),
+            Command::BeginAttemptTtl {
+                user,
+                session_ttl_ms,
+            } => (user, *session_ttl_ms),
+            _ => return recorded.clone(),
+        };
+        let Ok(Response::AttemptGranted {
+            generation,
+            attempts_left,
+            attempt,
+            ..
+        }) = recorded
         else {
             return recorded.clone();
         };
@@ -296,7 +304,7 @@ impl VaultState {
                     },
                 ..
             }) if g == generation
-                && (now.0.saturating_sub(seen.at.0) > GRANT_REPLAY_WINDOW_MS
+                && (now.0.saturating_sub(seen.at.0) > window
                     || *attempt > *grants
                     || *attempt <= grants.saturating_sub(*attempts_used)) =>
             {
@@ -364,7 +372,9 @@ impl VaultState {
                 at,
                 changed,
             ),
-            Command::BeginAttempt { user } => self.begin_attempt(user, at, changed),
+            Command::BeginAttempt { user } | Command::BeginAttemptTtl { user, .. } => {
+                self.begin_attempt(user, at, changed)
+            }
             Command::FinishAttempt {
                 user,
                 generation,

@@ -121,7 +121,24 @@ pub enum Command {
         /// Whether KE3 verified.
         success: bool,
     },
+    /// `BeginAttempt` with the fleet's session TTL (the fleet file's
+    /// `session_ttl_s`, in ms): a replay of its request id is answered with
+    /// the grant only within that time of it, so it never opens a login
+    /// state after the first one's could have expired, whatever the TTL
+    /// (issue 25). What this build proposes; `BeginAttempt`, which older
+    /// builds wrote, keeps the fixed [`crate::GRANT_REPLAY_WINDOW_MS`].
+    /// (Last in the enum: earlier variants keep their encoding.)
+    BeginAttemptTtl {
+        /// The user.
+        user: UserId,
+        /// How long a replay may still get the grant, in ms: 1 to
+        /// [`MAX_SESSION_TTL_MS`].
+        session_ttl_ms: u64,
+    },
 }
+
+/// The longest session TTL a fleet file may set (600 s), in ms.
+pub const MAX_SESSION_TTL_MS: u64 = 600_000;
 
 /// Most records one `Reseal` entry carries: at most about 150 KB (a user id
 /// of up to 256 bytes and a record of about 320), so that openraft's 300
@@ -210,9 +227,15 @@ impl Proposal {
             } if generation.0 == 0 || *attempt == 0 => {
                 Err("a forwarded FinishGrant must name the generation and the grant it finishes")
             }
-            Command::BeginAttempt { .. } | Command::FinishGrant { .. } | Command::Delete { .. } => {
-                Ok(())
+            Command::BeginAttemptTtl { session_ttl_ms, .. }
+                if *session_ttl_ms == 0 || *session_ttl_ms > MAX_SESSION_TTL_MS =>
+            {
+                Err("a forwarded BeginAttemptTtl must carry a session TTL of 1 ms to 600 s")
             }
+            Command::BeginAttempt { .. }
+            | Command::BeginAttemptTtl { .. }
+            | Command::FinishGrant { .. }
+            | Command::Delete { .. } => Ok(()),
             Command::InitFleet { .. }
             | Command::SetBundle { .. }
             | Command::Preload { .. }
@@ -278,6 +301,10 @@ mod tests {
         for ok in [
             register(10, vec![1]),
             Command::BeginAttempt { user: user() },
+            Command::BeginAttemptTtl {
+                user: user(),
+                session_ttl_ms: 60_000,
+            },
             finish(1, 1),
             Command::Delete { user: user() },
         ] {
@@ -290,6 +317,14 @@ mod tests {
             finish(0, 1),
             finish(1, 0),
             legacy,
+            Command::BeginAttemptTtl {
+                user: user(),
+                session_ttl_ms: 0,
+            },
+            Command::BeginAttemptTtl {
+                user: user(),
+                session_ttl_ms: MAX_SESSION_TTL_MS + 1,
+            },
         ] {
             assert!(forwarded(true, bad).is_err());
         }

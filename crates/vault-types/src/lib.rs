@@ -13,8 +13,8 @@ mod response;
 
 pub use codec::CodecError;
 pub use command::{
-    Batch, Command, MAX_BATCH, MAX_PRELOAD_PER_ENTRY, MAX_RESEAL_PER_ENTRY, PRELOAD_RECORD_LEN,
-    Proposal, RequestMeta, sealed_kek_version,
+    Batch, Command, MAX_BATCH, MAX_PRELOAD_PER_ENTRY, MAX_RESEAL_PER_ENTRY, MAX_SESSION_TTL_MS,
+    PRELOAD_RECORD_LEN, Proposal, RequestMeta, sealed_kek_version,
 };
 pub use ids::{
     FleetId, Generation, IdError, MAX_FLEET_ID_LEN, MAX_USER_ID_LEN, NodeId, RequestDigest,

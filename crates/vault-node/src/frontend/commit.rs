@@ -64,7 +64,9 @@ impl FrontendService {
     }
 
     /// `BeginAttempt`, committed: the granted attempt's generation, sealed
-    /// record and attempts left.
+    /// record, attempts left and serial. It carries the session TTL, so a
+    /// replay of its request id gets the grant only while the first
+    /// session could still live.
     #[cfg(not(feature = "unsafe-ke2-before-commit"))]
     pub(super) async fn begin_attempt(
         &self,
@@ -72,8 +74,17 @@ impl FrontendService {
         digest: RequestDigest,
         user: &UserId,
     ) -> Result<Result<VaultResponse, CommandError>, Status> {
-        self.propose(id, digest, Command::BeginAttempt { user: user.clone() })
-            .await
+        let command = Command::BeginAttemptTtl {
+            user: user.clone(),
+            session_ttl_ms: self.session_ttl_ms(),
+        };
+        self.propose(id, digest, command).await
+    }
+
+    /// The session TTL in ms, within what a command may carry.
+    pub(super) fn session_ttl_ms(&self) -> u64 {
+        let ms = u64::try_from(self.sessions.ttl().as_millis()).unwrap_or(u64::MAX);
+        ms.clamp(1, vault_types::MAX_SESSION_TTL_MS)
     }
 
     /// DELIBERATELY BROKEN, for the chaos checker's bite test only (cargo
@@ -116,7 +127,10 @@ impl FrontendService {
         let proposal = Proposal {
             request: Some(RequestMeta { id, digest }),
             at: now(),
-            command: Command::BeginAttempt { user: user.clone() },
+            command: Command::BeginAttemptTtl {
+                user: user.clone(),
+                session_ttl_ms: self.session_ttl_ms(),
+            },
         };
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
