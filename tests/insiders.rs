@@ -139,7 +139,8 @@ fn a_copy_of_a_nodes_disk_cannot_pose_as_the_node(template: &Template) -> TestRe
         // Control: a certificate and key that do name node 1 get through,
         // so a refusal below is the missing key, not a broken channel.
         let (cert, key) = fleet.test_identity(&Identity::Node(1))?;
-        let ghost = Command::BeginAttempt {
+        let ghost = Command::BeginAttemptTtl {
+            session_ttl_ms: 60_000,
             user: UserId::new("ghost")?,
         };
         match Driver::with_identity(&fleet, &cert, &key)
@@ -243,9 +244,19 @@ fn a_member_certificate_cannot_forward_operator_or_malformed_commands(
                 ),
             ),
             (
-                "BeginAttempt without a request id",
+                "BeginAttemptTtl without a request id",
                 proposal(
                     false,
+                    Command::BeginAttemptTtl {
+                        user: alice.clone(),
+                        session_ttl_ms: 60_000,
+                    },
+                ),
+            ),
+            (
+                "an older build's BeginAttempt (a fixed 60 s replay window)",
+                proposal(
+                    true,
                     Command::BeginAttempt {
                         user: alice.clone(),
                     },

@@ -81,6 +81,14 @@ fn a_replayed_grant_expires_with_the_fleets_session_ttl() {
         log.apply(at(long, 50_000 + 301_000)),
         Err(CommandError::GrantExpired)
     );
+    // A TTL past the fleet file's bound (a member's own command) counts as
+    // the bound: replays never live forever.
+    let huge = at(with_request(ttl(u64::MAX), 11, 11), 400_000);
+    log.ok(huge.clone());
+    assert_eq!(
+        log.apply(at(huge, 400_000 + 601_000)),
+        Err(CommandError::GrantExpired)
+    );
 }
 
 /// After a success reset the counter, a replay of a grant made before it

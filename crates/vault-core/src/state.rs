@@ -275,7 +275,7 @@ impl VaultState {
             Command::BeginAttemptTtl {
                 user,
                 session_ttl_ms,
-            } => (user, *session_ttl_ms),
+            } => (user, (*session_ttl_ms).min(vault_types::MAX_SESSION_TTL_MS)),
             _ => return recorded.clone(),
         };
         let Ok(Response::AttemptGranted {
@@ -666,8 +666,11 @@ impl VaultState {
         else {
             return Err(tombstone_error(&record.status));
         };
-        if *attempts_used >= *max_attempts {
-            // Attempts were granted and never finished: the budget is spent.
+        // Attempts were granted and never finished: the budget is spent. Or
+        // 2^32 serials of one generation were used (as many successes in
+        // between): a serial must never repeat, or a success could forgive
+        // a grant made after it (issue 26 review).
+        if *attempts_used >= *max_attempts || *grants == u32::MAX {
             record.bury(
                 RecordStatus::Locked {
                     of: record.generation,
@@ -678,9 +681,7 @@ impl VaultState {
             return Err(CommandError::Locked);
         }
         *attempts_used += 1;
-        // 2^32 grants of one generation need as many successes in between;
-        // saturating keeps apply total (a repeated serial only forgives less).
-        *grants = grants.saturating_add(1).max(*attempts_used);
+        *grants = (*grants + 1).max(*attempts_used);
         let reply = Response::AttemptGranted {
             generation: record.generation,
             sealed_record: sealed_record.clone(),
@@ -756,6 +757,12 @@ impl VaultState {
             // The counted attempts are the newest `attempts_used` grants:
             // forgive those up to this one's serial, none granted after.
             *attempts_used = (*attempts_used).min(grants.saturating_sub(forgiven_through));
+            if attempt.is_none() {
+                // An older build's finish also restarted the serials (its
+                // records kept none): the bytes it wrote, so a log applied
+                // by either build leaves the same state (issue 26 review).
+                *grants = 0;
+            }
             (max - *attempts_used, false)
         } else if *attempts_used >= max {
             (0, true)

@@ -136,6 +136,52 @@ fn a_success_forgives_the_grants_up_to_its_own_and_none_after() {
     assert_eq!(left(&log, "d"), 5);
 }
 
+/// Issue 26 review: an older build's entries (`BeginAttempt`,
+/// `FinishAttempt`) applied by this build leave the bytes the older build
+/// wrote (a success restarts the serials, as its records kept none), so
+/// replicas that applied a log's tail under different builds agree.
+#[test]
+fn an_older_builds_entries_leave_the_older_builds_bytes() {
+    let mut log = Log::new();
+    log.ok(prop(register("o", 5)));
+    log.ok(prop(begin("o")));
+    log.ok(prop(begin("o")));
+    log.ok(prop(finish("o", 1, true)));
+    let record = log.state.user(&user("o")).expect("record").clone();
+    assert!(matches!(
+        record.status,
+        RecordStatus::Active {
+            attempts_used: 0,
+            grants: 0,
+            ..
+        }
+    ));
+    assert_eq!(
+        record.encode().expect("encode")[0],
+        vault_types::codec::VALUE_V1
+    );
+}
+
+/// Issue 26 review: a serial never repeats. At the last one a grant is
+/// refused and the record locked, rather than a serial a success of an
+/// older grant could reuse to forgive a newer one.
+#[test]
+fn the_last_serial_locks_rather_than_repeat() {
+    let mut log = Log::new();
+    log.ok(prop(register("m", 5)));
+    if let Some(RecordStatus::Active { grants, .. }) =
+        log.state.users.get_mut(&user("m")).map(|r| &mut r.status)
+    {
+        *grants = u32::MAX - 1;
+    }
+    assert_eq!(serial(log.ok(prop(begin("m")))), u32::MAX);
+    assert_eq!(log.apply(prop(begin("m"))), Err(CommandError::Locked));
+    assert!(matches!(
+        log.state.status(&user("m")),
+        UserStatus::Locked { .. }
+    ));
+}
+
 /// A record whose serial equals its count is written in the first format,
 /// byte for byte (so an older build's state keeps its commitment); one
 /// that differs is written in format 2; both read back.

@@ -133,25 +133,28 @@ fn show_vote(v: &Option<Vote<u64>>) -> String {
     )
 }
 
-/// Whether vote `a` is at least `b`, as Raft orders votes: the term first;
-/// in one term, a vote for nobody is the least, and a leader's committed
-/// vote beats an uncommitted vote for another node. Unlike openraft's
-/// `PartialOrd`, never panics on two committed votes for different nodes
-/// in one term (which a crafted disk could hold): neither is at least the
-/// other.
+/// Whether vote `a` is at least `b`, in openraft 0.9's order (its default
+/// leader ids, `(term, node_id)`): the term, then the node voted for, then
+/// committed over not. It is total, so the checkpoint records every vote
+/// openraft moves to: in one term openraft grants a candidate with a higher
+/// node id after a lower one (a split vote) and may follow it, and a
+/// checkpoint that kept the first vote would, after a crash, put back a
+/// vote openraft had left (issue 26 review: the node could then accept the
+/// lower candidate's leadership of a term it had given to the higher one).
+/// Whether two votes are two leaders of one term is [`votes_conflict`].
 pub fn vote_at_least(a: &Vote<u64>, b: &Vote<u64>) -> bool {
-    use std::cmp::Ordering;
-    let (la, lb) = (a.leader_id(), b.leader_id());
-    match la.term.cmp(&lb.term) {
-        Ordering::Greater => true,
-        Ordering::Less => false,
-        Ordering::Equal => match (la.voted_for(), lb.voted_for()) {
-            (_, None) => true,
-            (None, Some(_)) => false,
-            (Some(x), Some(y)) if x == y => a.is_committed() >= b.is_committed(),
-            (Some(_), Some(_)) => a.is_committed() && !b.is_committed(),
-        },
-    }
+    let key = |v: &Vote<u64>| (v.leader_id().term, v.leader_id().node_id, v.is_committed());
+    key(a) >= key(b)
+}
+
+/// Whether `a` and `b` are committed votes for two different nodes in one
+/// term: two leaders of one term, which a peer message must never bring in
+/// (openraft would follow the one with the higher node id).
+pub fn votes_conflict(a: &Vote<u64>, b: &Vote<u64>) -> bool {
+    a.is_committed()
+        && b.is_committed()
+        && a.leader_id().term == b.leader_id().term
+        && a.leader_id().node_id != b.leader_id().node_id
 }
 
 /// The vote a node must put on its disk before Raft starts, when it is
@@ -337,12 +340,15 @@ mod tests {
         assert_eq!(m.merge(&mark(2, 2, 50, 40, 2)).log_hash, m.log_hash);
         // Parts left out say nothing.
         assert_eq!(m.merge(&Mark::default()), m);
-        // Another node's vote in the same term is not "greater".
+        // Another node's vote in the same term counts as openraft orders
+        // it: a higher node id is greater (openraft grants it, a split
+        // vote), a lower one is not.
         let other = Mark {
             vote: vote(3, 2),
             ..Mark::default()
         };
-        assert_eq!(m.merge(&other).vote, vote(3, 1));
+        assert_eq!(m.merge(&other).vote, vote(3, 2));
+        assert_eq!(other.merge(&m).vote, vote(3, 2));
         // The leader of that term, once granted, is.
         let mut granted = Vote::new(3, 2);
         granted.commit();
@@ -436,8 +442,55 @@ mod tests {
         assert!(!vote_at_least(&v(3, 1), &v(3, 2)));
         assert!(vote_at_least(&committed(3, 2), &v(3, 1)));
         assert!(!vote_at_least(&v(3, 1), &committed(3, 2)));
-        // Two leaders of one term (a crafted disk): neither, no panic.
+        // openraft's order in one term: the node id first, then committed.
+        assert!(vote_at_least(&v(3, 2), &committed(3, 1)));
+        assert!(vote_at_least(&committed(3, 2), &committed(3, 1)));
         assert!(!vote_at_least(&committed(3, 1), &committed(3, 2)));
+        for (a, b) in [
+            (v(3, 1), v(3, 2)),
+            (committed(3, 1), v(3, 2)),
+            (v(4, 1), committed(3, 2)),
+        ] {
+            assert_eq!(vote_at_least(&b, &a), b >= a, "{a} {b}");
+            assert_eq!(vote_at_least(&a, &b), a >= b, "{a} {b}");
+        }
+        // Two leaders of one term conflict; a leader and a candidate do not.
+        assert!(votes_conflict(&committed(3, 1), &committed(3, 2)));
+        assert!(!votes_conflict(&committed(3, 1), &v(3, 2)));
+        assert!(!votes_conflict(&committed(3, 1), &committed(4, 2)));
+        assert!(!votes_conflict(&committed(3, 1), &committed(3, 1)));
+    }
+
+    /// Issue 26 review: a follower that granted candidate 2 and then, in
+    /// the same term, candidate 3 (openraft's split-vote order) must record
+    /// the second grant: the checkpoint kept the first, and a crash put it
+    /// back, so the node could help candidate 2 lead a term it had given 3.
+    #[test]
+    fn a_second_grant_in_one_term_is_recorded_and_restored() {
+        let first = Mark {
+            vote: Some(Vote::new(5, 2)),
+            last_log: None,
+            applied: None,
+            log_hash: None,
+        };
+        let second = Mark {
+            vote: Some(Vote::new(5, 3)),
+            ..first.clone()
+        };
+        let merged = first.merge(&second);
+        assert_eq!(merged.vote, Some(Vote::new(5, 3)));
+        assert_eq!(
+            vote_to_restore(merged.vote, Some(Vote::new(5, 2)), 1, true),
+            Some(Vote::new(5, 3))
+        );
+        // The same after following leader 2 of that term.
+        let mut led = Vote::new(5, 2);
+        led.commit();
+        let followed = Mark {
+            vote: Some(led),
+            ..first.clone()
+        };
+        assert_eq!(followed.merge(&second).vote, Some(Vote::new(5, 3)));
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn check_peer_vote(
     theirs: &Vote<u64>,
     ours: &Vote<u64>,
 ) -> Result<(), String> {
-    use crate::checkpoint::vote_at_least;
+    use crate::checkpoint::votes_conflict;
     let named = theirs.leader_id().voted_for();
     if named != Some(caller) {
         return Err(format!(
@@ -156,11 +156,9 @@ pub fn check_peer_vote(
     // split vote: openraft orders them by node id and the higher candidate
     // wins the term. Refusing it kept two candidates in lockstep, term
     // after term, with no leader (seen in the gate's pause_leader run). A
-    // committed vote that conflicts is what a check must stop.
-    if !vote_at_least(theirs, ours)
-        && !vote_at_least(ours, theirs)
-        && (theirs.is_committed() || ours.is_committed())
-    {
+    // committed vote that conflicts (two leaders of one term) is what a
+    // check must stop.
+    if votes_conflict(theirs, ours) {
         return Err(format!(
             "sent a vote in term {term} that conflicts with this node's vote in the same term"
         ));
@@ -344,7 +342,7 @@ impl Peer for PeerService {
 /// against the vote this node sent (`sent`): within the term bounds of
 /// [`check_peer_vote`], and comparable with it as Raft orders votes.
 pub fn check_reply_vote(sent: &Vote<u64>, got: &Vote<u64>) -> Result<(), String> {
-    use crate::checkpoint::vote_at_least;
+    use crate::checkpoint::votes_conflict;
     let (term, our_term) = (got.leader_id().term, sent.leader_id().term);
     if term >= MAX_TERM || term > our_term.saturating_add(MAX_TERM_STEP) {
         return Err(format!(
@@ -352,12 +350,8 @@ pub fn check_reply_vote(sent: &Vote<u64>, got: &Vote<u64>) -> Result<(), String>
         ));
     }
     // Two uncommitted votes for different candidates in one term are a
-    // split vote, which openraft handles; a committed one that conflicts
-    // is what makes it panic.
-    if !vote_at_least(got, sent)
-        && !vote_at_least(sent, got)
-        && (got.is_committed() || sent.is_committed())
-    {
+    // split vote, which openraft handles; two leaders of one term are not.
+    if votes_conflict(got, sent) {
         return Err(format!(
             "its vote in term {term} conflicts with this node's vote in the same term"
         ));

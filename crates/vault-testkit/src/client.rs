@@ -200,7 +200,10 @@ impl Driver {
     pub fn begin_attempt(&self, i: u32) -> anyhow::Result<Reply> {
         self.propose(
             RequestId(rand::random()),
-            Command::BeginAttempt { user: user(i) },
+            Command::BeginAttemptTtl {
+                user: user(i),
+                session_ttl_ms: 60_000,
+            },
             Duration::from_secs(20),
         )
     }

@@ -232,8 +232,12 @@ impl Proposal {
             {
                 Err("a forwarded BeginAttemptTtl must carry a session TTL of 1 ms to 600 s")
             }
-            Command::BeginAttempt { .. }
-            | Command::BeginAttemptTtl { .. }
+            // Nor an older build's BeginAttempt (its replays keep a fixed
+            // window instead of the fleet's session TTL).
+            Command::BeginAttempt { .. } => Err(
+                "a forwarded BeginAttempt is an older build's; this build begins attempts with BeginAttemptTtl",
+            ),
+            Command::BeginAttemptTtl { .. }
             | Command::FinishGrant { .. }
             | Command::Delete { .. } => Ok(()),
             Command::InitFleet { .. }
@@ -300,7 +304,6 @@ mod tests {
         };
         for ok in [
             register(10, vec![1]),
-            Command::BeginAttempt { user: user() },
             Command::BeginAttemptTtl {
                 user: user(),
                 session_ttl_ms: 60_000,
@@ -317,6 +320,7 @@ mod tests {
             finish(0, 1),
             finish(1, 0),
             legacy,
+            Command::BeginAttempt { user: user() },
             Command::BeginAttemptTtl {
                 user: user(),
                 session_ttl_ms: 0,
