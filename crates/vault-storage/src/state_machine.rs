@@ -189,7 +189,8 @@ impl StateMachineStore {
     /// state it recorded there, or its disk (the state it started from, or
     /// its log) is not what it applied, and the apply fails: openraft then
     /// stops rather than serve or replicate that state. A snapshot that
-    /// jumps past `at` (from the leader) ends the check unchecked.
+    /// ends at `at`'s index is checked against it before it is installed;
+    /// one that jumps past `at` (from the leader) ends the check unchecked.
     pub fn verify_at(&self, at: LogId<u64>, commitment: [u8; 32]) {
         *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, commitment));
     }
@@ -441,6 +442,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         blocking(move || w.flush_applies())
             .await
             .map_err(io_err(|e| StorageIOError::write_snapshot(None, e)))?;
+        // The commitment this node's HSM checkpoint recorded at this very
+        // index, if it has not reached it again: a snapshot there must be
+        // that state, checked before it replaces anything (issue 25). One
+        // that ends elsewhere has nothing of this node's to be checked
+        // against (Raft trusts its leader).
+        let expected = self
+            .verify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|(at, _)| meta.last_log_id.is_some_and(|l| l.index == at.index));
         let marks = self.writer.clone();
         let (state, meta) = self
             .writer
@@ -482,6 +493,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     encode_framed(&meta.last_membership),
                 );
                 let installed = applied_commitment(&state, &meta.last_membership);
+                if let Some((at, commitment)) = expected
+                    && (meta.last_log_id != Some(at) || installed != commitment)
+                {
+                    return Err(StoreError::Snapshot {
+                        op: "install snapshot",
+                        path: meta.snapshot_id.clone(),
+                        reason:
+                            "it is not the state this node's HSM checkpoint recorded at its log id"
+                                .into(),
+                    });
+                }
                 // The log's running hash restarts at the snapshot (it is
                 // this node's own; the entries before are not kept).
                 let base = meta

@@ -132,6 +132,45 @@ async fn a_corrupt_snapshot_is_refused_before_anything_changes() {
     assert_eq!(sm2.reader().digest(), before);
 }
 
+/// Issue 25: a snapshot that ends at the log id this node's HSM checkpoint
+/// recorded a commitment for must be that state, checked before anything
+/// is replaced. Before, the install ended the pending check unchecked: a
+/// leader (a member identity) could hand a node behind its checkpoint any
+/// state at that index.
+#[tokio::test]
+async fn a_snapshot_at_the_checkpoints_index_must_be_the_checkpoints_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = vault_storage::open(dir.path()).expect("open");
+    sm.apply((1..=30).map(|i| entry(i, workload(i))))
+        .await
+        .expect("apply");
+    let snap = build_snapshot(&mut sm).await;
+    let at = snap.meta.last_log_id.expect("last log id");
+    let right = sm.reader().commitment();
+    let meta = snap.meta.clone();
+    let bytes = snap.snapshot.into_inner();
+    let install = |commitment: [u8; 32]| {
+        let (meta, bytes) = (meta.clone(), bytes.clone());
+        async move {
+            let other = tempfile::tempdir().expect("tempdir");
+            let (_l, mut sm2) = vault_storage::open(other.path()).expect("open");
+            sm2.verify_at(at, commitment);
+            let before = sm2.reader().digest();
+            let r = sm2
+                .install_snapshot(&meta, Box::new(std::io::Cursor::new(bytes)))
+                .await;
+            (r, before, sm2.reader().digest())
+        }
+    };
+    let (r, before, after) = install([9; 32]).await;
+    let err = r.expect_err("a snapshot of another state installed at the checkpoint's index");
+    assert!(err.to_string().contains("HSM checkpoint recorded"), "{err}");
+    assert_eq!(after, before, "something was replaced");
+    let (r, _, after) = install(right).await;
+    r.expect("the checkpoint's own state");
+    assert_eq!(after, sm.reader().digest());
+}
+
 /// Applies are written by the database's writer thread and nobody waits
 /// for them; a snapshot built right after one must still contain it (the
 /// builder waits for the writer), or openraft would purge log entries the
